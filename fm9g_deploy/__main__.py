@@ -1,0 +1,3 @@
+from fm9g_deploy.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,192 @@
+"""Run the project's playbooks with ansible-runner: an argv, never a shell string.
+
+Progress is rendered from ansible-runner's events (one line per task, one per host result);
+the result carries per-host stats so callers can tell `changed=0` from a change.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fm9g_deploy.errors import OperationFailed, UserError
+from fm9g_deploy.paths import PLAYBOOKS_DIR, PROJECT_ROOT
+
+
+@dataclass
+class PlaybookResult:
+    rc: int
+    #: host -> {"ok": n, "changed": n, "failures": n, "unreachable": n, "skipped": n}
+    stats: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: one line per failed or unreachable task result: "host: task: message"
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def changed(self) -> int:
+        return sum(host.get("changed", 0) for host in self.stats.values())
+
+    @property
+    def ok(self) -> bool:
+        return self.rc == 0
+
+
+def playbook_path(name: str) -> Path:
+    path = PLAYBOOKS_DIR / name
+    if not path.is_file():
+        raise OperationFailed(f"playbook {path} is missing from the installation")
+    return path
+
+
+def playbook_argv(
+    playbook: Path,
+    inventory: Path,
+    *,
+    check: bool = False,
+    diff: bool = False,
+    limit: str | None = None,
+    tags: str | None = None,
+    verbose: int = 0,
+    extra_vars_file: Path | None = None,
+) -> list[str]:
+    """The ansible-playbook argv equivalent to a run (shown with --dry-run and in errors)."""
+    argv = ["ansible-playbook", "-i", str(inventory), str(playbook)]
+    if extra_vars_file:
+        argv += ["-e", f"@{extra_vars_file}"]
+    if check:
+        argv.append("--check")
+    if diff:
+        argv.append("--diff")
+    if limit:
+        argv += ["--limit", limit]
+    if tags:
+        argv += ["--tags", tags]
+    if verbose:
+        argv.append("-" + "v" * min(verbose, 4))
+    return argv
+
+
+def ansible_env() -> dict[str, str]:
+    """Environment for Ansible: the project's ansible.cfg and roles, whatever the cwd."""
+    return {
+        "ANSIBLE_CONFIG": str(PROJECT_ROOT / "ansible.cfg"),
+        "ANSIBLE_ROLES_PATH": str(PROJECT_ROOT / "roles"),
+        "ANSIBLE_LIBRARY": str(PROJECT_ROOT / "library"),
+        "ANSIBLE_FORCE_COLOR": "0",
+        "ANSIBLE_NOCOLOR": "1",
+    }
+
+
+def run_playbook(
+    name: str,
+    inventory: Path,
+    *,
+    extra_vars: dict[str, Any] | None = None,
+    check: bool = False,
+    diff: bool = False,
+    limit: str | None = None,
+    tags: str | None = None,
+    verbose: int = 0,
+    quiet: bool = False,
+) -> PlaybookResult:
+    """Run playbooks/<name> against ``inventory`` and return per-host stats.
+
+    Extra vars may hold secrets: they go to a 0600 file in a private directory that is removed
+    afterwards, never onto a command line.
+    """
+    from ansible_runner.interface import init_command_config
+
+    if not inventory.exists():
+        raise UserError(f"inventory {inventory} not found; pass -i with an inventory file")
+    playbook = playbook_path(name)
+    reporter = _ProgressReporter(quiet=quiet or verbose > 0)
+    private = Path(tempfile.mkdtemp(prefix="fm9g-ansible-"))
+    try:
+        vars_file = private / "extra-vars.json"
+        vars_file.write_text(json.dumps(extra_vars or {}))
+        vars_file.chmod(0o600)
+        argv = playbook_argv(playbook, inventory.resolve(), check=check, diff=diff, limit=limit,
+                             tags=tags, verbose=verbose, extra_vars_file=vars_file)
+        runner = init_command_config(
+            ansible_executable(argv[0]),
+            cmdline_args=argv[1:],
+            private_data_dir=str(private),
+            envvars=ansible_env(),
+            event_handler=reporter.on_event,
+            quiet=not verbose,
+            input_fd=None,
+            output_fd=None,
+            error_fd=None,
+            runner_mode="subprocess",
+            host_cwd=str(PROJECT_ROOT),
+        )
+        runner.run()
+        stats = reporter.stats or {}
+        return PlaybookResult(rc=runner.rc, stats=stats, problems=reporter.problems)
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+
+
+class _ProgressReporter:
+    """Turns ansible-runner events into short progress lines and collects the final stats."""
+
+    def __init__(self, quiet: bool) -> None:
+        from rich.console import Console
+
+        self.console = Console(stderr=True, highlight=False)
+        self.quiet = quiet
+        self.stats: dict[str, dict[str, int]] | None = None
+        self.problems: list[str] = []
+
+    def on_event(self, event: dict[str, Any]) -> bool:
+        kind = event.get("event", "")
+        data = event.get("event_data", {})
+        if kind == "playbook_on_play_start" and not self.quiet:
+            self.console.print(f"[bold]PLAY[/] {data.get('play', '')}")
+        elif kind == "playbook_on_task_start" and not self.quiet:
+            self.console.print(f"  [cyan]·[/] {data.get('task', '')}")
+        elif kind == "runner_on_ok" and not self.quiet and data.get("res", {}).get("changed"):
+            self.console.print(f"      [yellow]changed[/] {data.get('host')}")
+        elif kind in ("runner_on_failed", "runner_on_unreachable"):
+            if kind == "runner_on_failed" and data.get("ignore_errors"):
+                return True
+            res = data.get("res", {})
+            message = res.get("msg") or res.get("stderr") or res.get("reason") or "failed"
+            line = f"{data.get('host')}: {data.get('task', '')}: {_one_line(str(message))}"
+            self.problems.append(line)
+            label = "unreachable" if kind == "runner_on_unreachable" else "failed"
+            self.console.print(f"      [red]{label}[/] {line}")
+        elif kind == "playbook_on_stats":
+            self.stats = _collect_stats(data)
+        return True
+
+
+def _collect_stats(data: dict[str, Any]) -> dict[str, dict[str, int]]:
+    keys = {"ok": "ok", "changed": "changed", "failures": "failures", "dark": "unreachable",
+            "skipped": "skipped", "rescued": "rescued", "ignored": "ignored"}
+    hosts: set[str] = set()
+    for key in keys:
+        hosts.update((data.get(key) or {}).keys())
+    return {host: {name: int((data.get(key) or {}).get(host, 0)) for key, name in keys.items()} for host in sorted(hosts)}
+
+
+def _one_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return (lines[0] if lines else text)[:300]
+
+
+def ansible_executable(name: str = "ansible-playbook") -> str:
+    """The Ansible program beside this Python (a venv's bin) or on PATH."""
+    import sys
+
+    beside = Path(sys.executable).parent / name
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    found = shutil.which(name)
+    if not found:
+        raise UserError(f"{name} not found; install fm9g-deploy's dependencies (pip install fm9g-deploy)")
+    return found
