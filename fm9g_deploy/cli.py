@@ -16,6 +16,7 @@ from fm9g_deploy.errors import OperationFailed, UserError
 
 #: Subcommand modules, in the order --help lists them (roughly the order of a rollout).
 COMMAND_MODULES = [
+    "config",
     "sandbox",
     "ping",
 ]

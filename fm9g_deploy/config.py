@@ -18,6 +18,7 @@ from pydantic import (
     SecretStr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from fm9g_deploy.catalog import model_names
@@ -90,6 +91,15 @@ class DeploymentConfig(_Strict):
     profile: str = "cuda121"
     serving: ServingConfig = Field(default_factory=ServingConfig)
     mirror: MirrorConfig = Field(default_factory=MirrorConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_sections_mean_defaults(cls, data: Any) -> Any:
+        # A section whose keys are all commented out parses as None: treat it as empty.
+        if isinstance(data, dict):
+            return {key: ({} if value is None and key in ("model", "serving", "mirror") else value)
+                    for key, value in data.items()}
+        return data
 
     @field_validator("profile")
     @classmethod
