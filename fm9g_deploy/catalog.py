@@ -1,5 +1,5 @@
-"""The catalog: architecture facts per model (data/models.yml) and the stack profiles
-(data/profiles/*.yml), with the sizes the capacity planner derives from them.
+"""The model catalog: architecture facts per model (data/models.yml) and the sizes the capacity
+planner derives from them.
 
 Sizes follow the architecture of every catalog model: a decoder with embeddings, per layer
 q/k/v/o attention projections, a gated (SwiGLU) MLP and two RMSNorms, a final norm, and an
@@ -105,18 +105,6 @@ class ModelSpec(BaseModel):
         ]
 
 
-class StackProfile(BaseModel):
-    """A software stack the hosts get (data/profiles/<name>.yml)."""
-
-    model_config = ConfigDict(extra="allow", frozen=True)
-
-    name: str
-    description: str
-    accelerator: str  # "cuda" or "cpu"
-    #: Lowest CUDA version the host driver must support (cuda profiles only), e.g. "12.1".
-    cuda_version: str | None = None
-
-
 @lru_cache(maxsize=1)
 def load_catalog() -> dict[str, ModelSpec]:
     raw = yaml.safe_load(resources.files("fm9g_deploy").joinpath("data/models.yml").read_text("utf-8"))
@@ -130,12 +118,3 @@ def model_names() -> list[str]:
 def get_model(name: str) -> ModelSpec:
     """The catalog entry for ``name``; KeyError if unknown (config validation names the choices)."""
     return load_catalog()[name]
-
-
-@lru_cache(maxsize=None)
-def load_profile(name: str) -> StackProfile:
-    """The stack profile ``name``; KeyError if unknown (config validation names the choices)."""
-    path = resources.files("fm9g_deploy").joinpath(f"data/profiles/{name}.yml")
-    if not path.is_file():
-        raise KeyError(name)
-    return StackProfile(name=name, **yaml.safe_load(path.read_text("utf-8")))

@@ -1,0 +1,129 @@
+"""`fm9g-deploy plan`: choose tensor parallelism, replicas and GPU memory per host, and explain."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from fm9g_deploy.commands.common import add_config_arg
+
+HELP = """\
+Decide how each host serves the model: the tensor-parallel size (TP), how many replicas (they
+never share a GPU), which GPUs and port each replica gets, gpu_memory_utilization and
+max_model_len, so that weights + the KV cache of one full-length sequence + a runtime reserve fit
+in every GPU. The smallest TP that fits wins, which gives the most replicas.
+
+  fm9g-deploy plan -i INVENTORY            read each host's GPUs with nvidia-smi, then plan
+  fm9g-deploy plan --model fm9g-70b --gpus 4xA100-80GB
+                                           plan a hypothetical host, no inventory needed
+
+Override any choice in the config's `serving` section (tensor_parallel_size, replicas_per_host,
+gpu_memory_utilization, max_model_len); an override that cannot work is refused. Hosts without
+a GPU get the CPU plan (profile cpu). Changes nothing.
+"""
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "plan", help="choose TP, replicas and GPU memory per host (and explain why)",
+        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "-i", "--inventory", type=Path, metavar="INVENTORY",
+        help="Ansible inventory file or directory: read every host's GPUs and plan for them")
+    source.add_argument(
+        "--gpus", metavar="COUNTxGPU",
+        help="plan one hypothetical host instead, e.g. 4xA100-80GB, 1xH100 or 8x40GiB")
+    add_config_arg(parser)
+    parser.add_argument(
+        "--model", metavar="NAME",
+        help="model to plan for (default: model.name from the config, else fm9g-4b)")
+    parser.add_argument("--limit", metavar="PATTERN", help="with -i: only these hosts (Ansible host pattern)")
+    parser.add_argument("--json", action="store_true",
+                        help="print the plan as JSON (per host: replicas with tensor_parallel_size, gpus, "
+                             "port, gpu_memory_utilization, max_model_len)")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from fm9g_deploy.planner import hypothetical_host, plan_deployment
+
+    config = _config(args)
+    if args.gpus is not None:
+        facts = {args.gpus.strip(): hypothetical_host(args.gpus)}
+        plan = plan_deployment(config, facts, check_driver=False)
+    else:
+        plan = plan_deployment(config, _gather_facts(args))
+    if args.json:
+        print(json.dumps(plan.to_dict(), indent=2))
+    else:
+        _print_table(plan)
+    return 0
+
+
+def _config(args: argparse.Namespace):
+    from fm9g_deploy.catalog import model_names
+    from fm9g_deploy.commands.common import config_for
+    from fm9g_deploy.config import DeploymentConfig
+    from fm9g_deploy.errors import UserError
+
+    if args.gpus is not None and args.config is None:
+        config = DeploymentConfig()  # a hypothetical host needs no config file
+    else:
+        config = config_for(args)
+    if args.model is not None:
+        if args.model not in model_names():
+            raise UserError(f"unknown model {args.model!r}; choose one of {', '.join(model_names())}")
+        config = config.model_copy(update={"model": config.model.model_copy(update={"name": args.model})})
+    return config
+
+
+def _gather_facts(args: argparse.Namespace):
+    from fm9g_deploy.commands.common import inventory_path
+    from fm9g_deploy.facts import gather_gpu_facts
+
+    return gather_gpu_facts(inventory_path(args), limit=args.limit)
+
+
+def _print_table(plan) -> None:
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    from fm9g_deploy.planner import GIB
+
+    any_gpu = any(host.memory_per_gpu for host in plan.hosts.values())
+    caption = ("Memory per GPU (GiB): weights + KV cache of one max_model_len sequence + runtime reserve / "
+               "budget (gpu_memory_utilization x GPU memory). Headroom: budget left, and how many "
+               "max_model_len sequences the KV cache holds at once.") if any_gpu else None
+    table = Table(title=f"{plan.model} on profile {plan.profile}", title_justify="left", box=box.SIMPLE_HEAD,
+                  caption=caption, caption_justify="left")
+    # Numbers never wrap; the wordy columns wrap at spaces on narrow terminals.
+    for column in ("Host", "GPUs", "TP", "Replicas", "Ports", "Memory per GPU", "Headroom"):
+        table.add_column(column, no_wrap=column in ("TP", "Replicas", "Ports"), overflow="fold")
+    for host in plan.hosts.values():
+        ports = [replica.port for replica in host.replicas]
+        port_text = str(ports[0]) if len(ports) == 1 else f"{ports[0]}-{ports[-1]}"
+        if host.memory_per_gpu is None:
+            gpus, memory, headroom = "none (CPU)", "-", "-"
+        else:
+            m = host.memory_per_gpu
+            gpus = f"{host.gpu_count} x {host.gpu_name} ({host.gpu_memory_mib / 1024:.0f} GiB)"
+            memory = (f"{m.weights / GIB:.1f} + {m.kv_cache_one_sequence / GIB:.1f} + {m.reserve / GIB:.1f}"
+                      f" / {m.budget / GIB:.1f}")
+            headroom = f"{m.headroom / GIB:.1f} GiB, {m.full_length_sequences} seq"
+        table.add_row(host.host, gpus, str(host.tensor_parallel_size), str(len(host.replicas)), port_text,
+                      memory, headroom)
+    console = Console(highlight=False)
+    console.print(table)
+    for host in plan.hosts.values():
+        for replica in host.replicas:
+            where = (f"GPUs {','.join(map(str, replica.gpus))}, gpu_memory_utilization "
+                     f"{replica.gpu_memory_utilization:g}" if replica.gpus else "CPU")
+            # soft_wrap: one line per replica and note, whole, for grep and copy-paste
+            console.print(f"{host.host} replica {replica.index}: port {replica.port}, {where}, "
+                          f"max_model_len {replica.max_model_len}", soft_wrap=True)
+        for note in host.notes:
+            console.print(f"{host.host}: {note}", soft_wrap=True)

@@ -1,0 +1,472 @@
+"""The capacity planner: per host, how to serve the model on the GPUs it has.
+
+For each host it chooses the tensor-parallel size (TP), the replicas (which never share a GPU),
+each replica's GPUs and port, gpu_memory_utilization and max_model_len, so that on every GPU
+
+    weights / TP  +  KV cache of one full-length sequence / TP  +  runtime reserve
+        <=  gpu_memory_utilization * GPU memory
+
+(vLLM refuses to start unless the KV cache holds one max_model_len sequence). The smallest TP
+that fits wins, which gives the most replicas. Every choice can be overridden in the config's
+`serving` section; an override that cannot work is refused with UserError before anything runs.
+Hosts without a GPU get the CPU plan: TP 1, no GPUs, `replicas_per_host` replicas (default 1).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from fm9g_deploy.catalog import ModelSpec, get_model
+from fm9g_deploy.config import DeploymentConfig, ServingConfig
+from fm9g_deploy.errors import UserError
+from fm9g_deploy.gpu import GpuInfo, HostGpuFacts, cuda_support_problem
+from fm9g_deploy.profiles import Profile, load_profile, profile_names
+
+MIB = 1024**2
+GIB = 1024**3
+
+#: The guide's --gpu-memory-utilization: vLLM may use this share of each GPU's memory.
+DEFAULT_GPU_MEMORY_UTILIZATION = 0.90
+#: Per GPU, beyond weights and KV cache: CUDA context, NCCL buffers, CUDA graphs and the
+#: activations of vLLM's profiling run. A fixed, deliberately generous allowance.
+RUNTIME_RESERVE_BYTES = 3 * GIB
+#: When the full context does not fit, the planner shortens max_model_len, but not below this.
+MIN_REDUCED_MAX_MODEL_LEN = 2048
+
+#: Nominal memory of GPUs `plan --gpus COUNTxNAME` knows (MiB). Real cards report a little less
+#: (an H100 80GB HBM3 reports 81559 MiB); `plan -i` uses what nvidia-smi reports.
+KNOWN_GPUS_MIB = {
+    "T4": 16 * 1024,
+    "V100-16GB": 16 * 1024,
+    "V100-32GB": 32 * 1024,
+    "A10": 24 * 1024,
+    "L4": 24 * 1024,
+    "A30": 24 * 1024,
+    "RTX3090": 24 * 1024,
+    "RTX4090": 24 * 1024,
+    "A100-40GB": 40 * 1024,
+    "A40": 48 * 1024,
+    "L40": 48 * 1024,
+    "L40S": 48 * 1024,
+    "A100-80GB": 80 * 1024,
+    "A800-80GB": 80 * 1024,
+    "H100": 80 * 1024,
+    "H100-80GB": 80 * 1024,
+    "H800": 80 * 1024,
+    "H200": 141 * 1024,
+}
+
+
+@dataclass
+class ReplicaPlan:
+    """One vLLM server: its GPUs (CUDA_VISIBLE_DEVICES, nvidia-smi indices) and settings."""
+
+    index: int
+    port: int
+    tensor_parallel_size: int
+    gpus: list[int]
+    gpu_memory_utilization: float | None
+    max_model_len: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class GpuMemoryPlan:
+    """How one GPU's memory is spent by a replica (bytes)."""
+
+    total: int
+    budget: int  # gpu_memory_utilization * total: what vLLM may use
+    weights: int
+    kv_cache_one_sequence: int  # KV cache of one max_model_len sequence
+    reserve: int
+
+    @property
+    def headroom(self) -> int:
+        """Budget left after one full-length sequence: KV cache for more concurrent requests."""
+        return self.budget - self.weights - self.kv_cache_one_sequence - self.reserve
+
+    @property
+    def full_length_sequences(self) -> int:
+        """How many max_model_len sequences the KV cache holds at once."""
+        return (self.budget - self.weights - self.reserve) // self.kv_cache_one_sequence
+
+    def to_dict(self) -> dict[str, Any]:
+        gib = {name: round(value / GIB, 2) for name, value in asdict(self).items()}
+        return {**{f"{name}_gib": value for name, value in gib.items()},
+                "headroom_gib": round(self.headroom / GIB, 2),
+                "full_length_sequences": self.full_length_sequences}
+
+
+@dataclass
+class HostPlan:
+    host: str
+    accelerator: str  # "cuda" or "cpu"
+    tensor_parallel_size: int
+    replicas: list[ReplicaPlan]
+    gpu_count: int = 0
+    gpu_name: str | None = None
+    #: The smallest GPU's memory on the host (the one the plan is sized for).
+    gpu_memory_mib: int | None = None
+    cuda_driver_version: str | None = None
+    memory_per_gpu: GpuMemoryPlan | None = None
+    #: Why the plan is what it is, where that is not obvious (reduced context, idle GPUs, ...).
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def used_gpus(self) -> list[int]:
+        return [gpu for replica in self.replicas for gpu in replica.gpus]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "host": self.host,
+            "accelerator": self.accelerator,
+            "gpu_count": self.gpu_count,
+            "gpu_name": self.gpu_name,
+            "gpu_memory_mib": self.gpu_memory_mib,
+            "cuda_driver_version": self.cuda_driver_version,
+            "tensor_parallel_size": self.tensor_parallel_size,
+            "replicas": [replica.to_dict() for replica in self.replicas],
+            "memory_per_gpu": self.memory_per_gpu.to_dict() if self.memory_per_gpu else None,
+            "notes": list(self.notes),
+        }
+
+
+@dataclass
+class DeploymentPlan:
+    model: str
+    profile: str
+    hosts: dict[str, HostPlan]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "profile": self.profile,
+                "hosts": {name: plan.to_dict() for name, plan in self.hosts.items()}}
+
+    def to_ansible_vars(self) -> dict[str, dict[str, Any]]:
+        """Per host: {"fm9g_replicas": [{index, port, tensor_parallel_size, gpus,
+        gpu_memory_utilization, max_model_len}, ...]} for the serving role."""
+        return {name: {"fm9g_replicas": [replica.to_dict() for replica in plan.replicas]}
+                for name, plan in self.hosts.items()}
+
+
+# -- entry points -----------------------------------------------------------------------------
+
+def plan_deployment(
+    config: DeploymentConfig, facts: dict[str, HostGpuFacts], *, check_driver: bool = True
+) -> DeploymentPlan:
+    """Plan every host in ``facts``; UserError for the first host that cannot work.
+
+    ``check_driver=False`` skips the driver's CUDA check (hypothetical hosts have no driver).
+    """
+    if not facts:
+        raise UserError("no hosts to plan; check the inventory (and --limit)")
+    model = get_model(config.model.name)
+    profile = load_profile(config.profile)
+    hosts = {
+        host: plan_host(host, host_facts, model, profile, config.serving, check_driver=check_driver)
+        for host, host_facts in sorted(facts.items())
+    }
+    return DeploymentPlan(model=model.name, profile=profile.name, hosts=hosts)
+
+
+def plan_host(
+    host: str,
+    facts: HostGpuFacts,
+    model: ModelSpec,
+    profile: Profile,
+    serving: ServingConfig,
+    *,
+    check_driver: bool = True,
+) -> HostPlan:
+    if facts.gpu_count == 0:
+        if profile.accelerator != "cpu":
+            why = f" ({facts.problem})" if facts.problem else ""
+            raise UserError(
+                f"host {host} has no usable NVIDIA GPU{why} but profile {profile.name} needs one; "
+                "set `profile: cpu` in the config to serve on the CPU, or fix the host's GPU driver"
+            )
+        return _plan_cpu_host(host, model, serving)
+    if profile.accelerator == "cpu":
+        gpu_profiles = [name for name in profile_names() if load_profile(name).accelerator == "cuda"]
+        raise UserError(
+            f"host {host} has {facts.gpu_count} NVIDIA GPU(s) but the profile is {profile.name}; "
+            f"set `profile: {' or '.join(gpu_profiles)}` in the config to serve on them"
+        )
+    if check_driver and profile.cuda_version:
+        problem = cuda_support_problem(facts.cuda_driver_version, profile.cuda_version)
+        if problem:
+            raise UserError(f"host {host}: {problem} (profile {profile.name})")
+    return _plan_gpu_host(host, facts, model, serving)
+
+
+# -- GPU hosts ----------------------------------------------------------------------------------
+
+@dataclass
+class _Sizing:
+    """The memory arithmetic for one model on GPUs of one size at one utilization."""
+
+    model: ModelSpec
+    gpu_total: int
+    utilization: float
+
+    @property
+    def budget(self) -> int:
+        return int(self.gpu_total * self.utilization)
+
+    def memory(self, tp: int, max_model_len: int) -> GpuMemoryPlan:
+        return GpuMemoryPlan(
+            total=self.gpu_total,
+            budget=self.budget,
+            weights=self.model.weight_bytes_per_gpu(tp),
+            kv_cache_one_sequence=self.model.kv_cache_bytes_per_token_per_gpu(tp) * max_model_len,
+            reserve=RUNTIME_RESERVE_BYTES,
+        )
+
+    def fits(self, tp: int, max_model_len: int) -> bool:
+        return self.memory(tp, max_model_len).headroom >= 0
+
+    def longest_len(self, tp: int, cap: int) -> int:
+        """The longest power-of-two max_model_len (at most ``cap``) that fits at ``tp``; 0 if none."""
+        room = self.budget - self.model.weight_bytes_per_gpu(tp) - RUNTIME_RESERVE_BYTES
+        tokens = room // self.model.kv_cache_bytes_per_token_per_gpu(tp)
+        if tokens >= cap:
+            return cap
+        return 1 << (int(tokens).bit_length() - 1) if tokens >= 1 else 0
+
+    def gpus_needed(self, max_model_len: int) -> int | None:
+        """The fewest GPUs of this size one replica needs (a valid TP), or None if no TP fits."""
+        return next((tp for tp in self.model.tensor_parallel_sizes() if self.fits(tp, max_model_len)), None)
+
+
+def _plan_gpu_host(host: str, facts: HostGpuFacts, model: ModelSpec, serving: ServingConfig) -> HostPlan:
+    gpus = sorted(facts.gpus, key=lambda gpu: gpu.index)
+    count = len(gpus)
+    smallest = min(gpu.memory_total_mib for gpu in gpus)
+    utilization = serving.gpu_memory_utilization or DEFAULT_GPU_MEMORY_UTILIZATION
+    sizing = _Sizing(model, smallest * MIB, utilization)
+    notes: list[str] = []
+    if len({gpu.memory_total_mib for gpu in gpus}) > 1:
+        notes.append(f"GPUs differ in memory; planned for the smallest ({_gib(smallest)})")
+    wanted_len = _wanted_max_model_len(model, serving, notes)
+    where = f"host {host} ({count} x {_gib(smallest)} {gpus[0].name})"  # e.g. "(4 x 80 GiB A100-80GB)"
+
+    candidates = _tp_candidates(model, serving, count, where)
+    fitting = [tp for tp in candidates if sizing.fits(tp, wanted_len)]
+    if fitting:
+        tp, max_model_len = min(fitting), wanted_len
+    elif serving.max_model_len is None and candidates:
+        # Nothing fits the full context: use the widest TP the host allows, shorten the context.
+        tp = max(candidates)
+        max_model_len = sizing.longest_len(tp, wanted_len)
+        if max_model_len < min(MIN_REDUCED_MAX_MODEL_LEN, wanted_len):
+            raise UserError(_does_not_fit(model, sizing, serving, count, wanted_len, where, tp))
+        notes.append(
+            f"max_model_len reduced from {wanted_len} to {max_model_len} so one full-length sequence's "
+            f"KV cache fits; {_gpus_for_full_context(sizing, wanted_len)}"
+        )
+    else:
+        tried_tp = max(candidates) if candidates else 1
+        raise UserError(_does_not_fit(model, sizing, serving, count, wanted_len, where, tried_tp))
+
+    replica_count = serving.replicas_per_host or count // tp
+    _check_ports(serving, replica_count, host)
+    replicas = [
+        ReplicaPlan(
+            index=i,
+            port=serving.replica_base_port + i,
+            tensor_parallel_size=tp,
+            gpus=[gpu.index for gpu in gpus[i * tp:(i + 1) * tp]],
+            gpu_memory_utilization=utilization,
+            max_model_len=max_model_len,
+        )
+        for i in range(replica_count)
+    ]
+    idle = [gpu.index for gpu in gpus[replica_count * tp:]]
+    if idle:
+        notes.append(f"GPU(s) {', '.join(map(str, idle))} unused ({count} GPUs, {replica_count} replica(s) of TP {tp})")
+    notes.extend(_busy_gpu_notes(gpus, utilization))
+    return HostPlan(
+        host=host, accelerator="cuda", tensor_parallel_size=tp, replicas=replicas,
+        gpu_count=count, gpu_name=gpus[0].name, gpu_memory_mib=smallest,
+        cuda_driver_version=facts.cuda_driver_version,
+        memory_per_gpu=sizing.memory(tp, max_model_len), notes=notes,
+    )
+
+
+def _tp_candidates(model: ModelSpec, serving: ServingConfig, count: int, where: str) -> list[int]:
+    """TP sizes allowed on this host, after checking the TP and replica overrides."""
+    valid = model.tensor_parallel_sizes()
+    tp = serving.tensor_parallel_size
+    replicas = serving.replicas_per_host
+    if tp is not None:
+        if tp not in valid:
+            raise UserError(
+                f"serving.tensor_parallel_size {tp} cannot shard {model.name} ({model.num_attention_heads} "
+                f"attention heads, {model.num_kv_heads} KV heads, MLP width {model.intermediate_size}); "
+                f"use one of {', '.join(map(str, valid))}"
+            )
+        if tp > count:
+            raise UserError(f"serving.tensor_parallel_size {tp} needs {tp} GPUs but {where} has {count}; "
+                            f"lower it or remove it to let the planner choose")
+        if replicas is not None and replicas * tp > count:
+            raise UserError(
+                f"serving.replicas_per_host {replicas} x tensor_parallel_size {tp} needs {replicas * tp} GPUs "
+                f"(replicas never share a GPU) but {where} has {count}; lower one of them"
+            )
+        return [tp]
+    if replicas is not None and replicas > count:
+        raise UserError(f"serving.replicas_per_host {replicas} needs at least {replicas} GPUs (replicas never "
+                        f"share a GPU) but {where} has {count}; lower it or remove it")
+    per_replica = count // (replicas or 1)
+    return [tp for tp in valid if tp <= per_replica]
+
+
+def _wanted_max_model_len(model: ModelSpec, serving: ServingConfig, notes: list[str]) -> int:
+    if serving.max_model_len is None:
+        return model.max_model_len
+    if serving.max_model_len > model.max_model_len:
+        notes.append(f"serving.max_model_len {serving.max_model_len} is above {model.name}'s maximum; "
+                     f"using {model.max_model_len}")
+        return model.max_model_len
+    return serving.max_model_len
+
+
+def _does_not_fit(model: ModelSpec, sizing: _Sizing, serving: ServingConfig, count: int,
+                  wanted_len: int, where: str, tried_tp: int) -> str:
+    """The UserError text: what fails and how many GPUs of this size it would take."""
+    size = _gib(sizing.gpu_total // MIB)
+    settings = f"gpu_memory_utilization {sizing.utilization:g}"
+    per_gpu = sizing.memory(tried_tp, wanted_len)
+    detail = (f"at TP {tried_tp} each GPU needs {_gib_bytes(per_gpu.weights)} weights + "
+              f"{_gib_bytes(per_gpu.kv_cache_one_sequence)} KV cache + {_gib_bytes(per_gpu.reserve)} reserve "
+              f"but may use {_gib_bytes(per_gpu.budget)}")
+    needed = sizing.gpus_needed(wanted_len)
+    if needed is None:
+        return (f"{model.name} cannot fit on GPUs of {size} at any tensor-parallel size ({settings}, "
+                f"max_model_len {wanted_len}; {detail}) on {where}; use GPUs with more memory")
+    if serving.tensor_parallel_size is not None and needed <= count:
+        return (f"serving.tensor_parallel_size {tried_tp} is too small for {model.name} on {where} ({detail}); "
+                f"it needs {needed} GPUs of {size} for max_model_len {wanted_len} ({settings}); "
+                f"set tensor_parallel_size {needed} or remove it")
+    if serving.replicas_per_host is not None and needed <= count:
+        return (f"serving.replicas_per_host {serving.replicas_per_host} leaves {count // serving.replicas_per_host} "
+                f"GPU(s) per replica on {where}, but {model.name} needs {needed} GPUs of {size} per replica "
+                f"for max_model_len {wanted_len} ({settings}); set replicas_per_host to at most "
+                f"{count // needed} or remove it")
+    shorter = ""
+    short_len = min(MIN_REDUCED_MAX_MODEL_LEN, wanted_len)
+    needed_short = sizing.gpus_needed(short_len)
+    if serving.max_model_len is None and needed_short is not None and needed_short < needed:
+        shorter = f" ({needed_short} with max_model_len {short_len})"
+    return (f"{model.name} needs {needed} GPUs of {size}{shorter} for {wanted_len}-token sequences "
+            f"({settings}) but {where} has {count}; add GPUs or use larger ones")
+
+
+def _gpus_for_full_context(sizing: _Sizing, wanted_len: int) -> str:
+    needed = sizing.gpus_needed(wanted_len)
+    if needed is None:
+        return f"the full {wanted_len} tokens need GPUs with more memory"
+    return f"the full {wanted_len} tokens need {needed} GPUs of {_gib(sizing.gpu_total // MIB)}"
+
+
+def _busy_gpu_notes(gpus: list[GpuInfo], utilization: float) -> list[str]:
+    """vLLM wants utilization * total free when it starts; say so where memory is in use now."""
+    notes = []
+    for gpu in gpus:
+        if gpu.memory_used_mib and gpu.memory_used_mib > (1 - utilization) * gpu.memory_total_mib:
+            notes.append(f"GPU {gpu.index} has {gpu.memory_used_mib} MiB in use now; a replica needs "
+                         f"{utilization:g} of its memory free when it starts")
+    return notes
+
+
+# -- CPU hosts ----------------------------------------------------------------------------------
+
+def _plan_cpu_host(host: str, model: ModelSpec, serving: ServingConfig) -> HostPlan:
+    if serving.tensor_parallel_size not in (None, 1):
+        raise UserError(f"serving.tensor_parallel_size {serving.tensor_parallel_size}: host {host} has no GPU and "
+                        "the CPU profile serves with tensor_parallel_size 1; remove the override")
+    notes = [f"no NVIDIA GPU: CPU plan (vLLM KV cache {serving.cpu_kvcache_space_gib} GiB of host memory)"]
+    if serving.gpu_memory_utilization is not None:
+        notes.append("serving.gpu_memory_utilization is ignored on a host without GPUs")
+    max_model_len = _wanted_max_model_len(model, serving, notes)
+    kv_space = serving.cpu_kvcache_space_gib * GIB
+    per_token = model.kv_cache_bytes_per_token()
+    if per_token * max_model_len > kv_space:
+        fitting = kv_space // per_token
+        if serving.max_model_len is not None or fitting < min(MIN_REDUCED_MAX_MODEL_LEN, max_model_len):
+            raise UserError(
+                f"host {host}: max_model_len {max_model_len} of {model.name} needs "
+                f"{_gib_bytes(per_token * max_model_len)} of KV cache but serving.cpu_kvcache_space_gib is "
+                f"{serving.cpu_kvcache_space_gib}; raise cpu_kvcache_space_gib or lower max_model_len"
+            )
+        reduced = 1 << (int(fitting).bit_length() - 1)
+        notes.append(f"max_model_len reduced from {max_model_len} to {reduced} to fit "
+                     f"serving.cpu_kvcache_space_gib {serving.cpu_kvcache_space_gib}")
+        max_model_len = reduced
+    replica_count = serving.replicas_per_host or 1
+    _check_ports(serving, replica_count, host)
+    replicas = [
+        ReplicaPlan(index=i, port=serving.replica_base_port + i, tensor_parallel_size=1, gpus=[],
+                    gpu_memory_utilization=None, max_model_len=max_model_len)
+        for i in range(replica_count)
+    ]
+    return HostPlan(host=host, accelerator="cpu", tensor_parallel_size=1, replicas=replicas, notes=notes)
+
+
+def _check_ports(serving: ServingConfig, replica_count: int, host: str) -> None:
+    last = serving.replica_base_port + replica_count - 1
+    if last > 65535:
+        raise UserError(f"host {host}: {replica_count} replicas from serving.replica_base_port "
+                        f"{serving.replica_base_port} run past port 65535; lower replica_base_port")
+    if serving.replica_base_port <= serving.port <= last:
+        raise UserError(f"host {host}: replica ports {serving.replica_base_port}-{last} include the gateway's "
+                        f"serving.port {serving.port}; move replica_base_port")
+
+
+# -- hypothetical hosts (plan --gpus) ----------------------------------------------------------------
+
+_GPU_SPEC = re.compile(r"^\s*(\d+)\s*[x×*]\s*(.+?)\s*$", re.IGNORECASE)
+_GPU_SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*(GIB|GB|G)$", re.IGNORECASE)
+
+
+def _gpu_key(name: str) -> str:
+    key = re.sub(r"[\s_]+", "-", name.strip().upper())
+    return re.sub(r"^NVIDIA-", "", key).replace("RTX-", "RTX")
+
+
+def hypothetical_host(spec: str) -> HostGpuFacts:
+    """Facts for `COUNTxNAME` (4xA100-80GB, 1xH100) or `COUNTxSIZE` (8x40GiB; GB counts as GiB,
+    the way GPU memory is sold). UserError for anything else."""
+    match = _GPU_SPEC.match(spec)
+    if not match:
+        raise UserError(f"--gpus {spec!r} is not COUNTxGPU; write e.g. 4xA100-80GB, 1xH100 or 8x40GiB")
+    count, name = int(match.group(1)), match.group(2)
+    if not 1 <= count <= 64:
+        raise UserError(f"--gpus {spec!r}: the GPU count must be 1 to 64")
+    size = _GPU_SIZE.match(name.replace(" ", ""))
+    known = {_gpu_key(known_name): (known_name, mib) for known_name, mib in KNOWN_GPUS_MIB.items()}
+    if size:
+        mib = round(float(size.group(1)) * 1024)
+        if mib < 1024:
+            raise UserError(f"--gpus {spec!r}: a GPU needs at least 1 GiB")
+        label = "GPU"
+    elif _gpu_key(name) in known:
+        label, mib = known[_gpu_key(name)]
+    else:
+        raise UserError(f"--gpus {spec!r}: unknown GPU {name!r}; use a size like 40GiB or one of "
+                        f"{', '.join(KNOWN_GPUS_MIB)}")
+    gpus = [GpuInfo(index=i, uuid=f"hypothetical-{i}", name=label, memory_total_mib=mib, memory_used_mib=None,
+                    memory_free_mib=None, driver_version=None, pci_bus_id=None, compute_capability=None)
+            for i in range(count)]
+    return HostGpuFacts(gpus=gpus)
+
+
+def _gib(mib: int) -> str:
+    return f"{mib / 1024:.0f} GiB"
+
+
+def _gib_bytes(value: int) -> str:
+    return f"{value / GIB:.1f} GiB"

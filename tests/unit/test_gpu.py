@@ -1,0 +1,218 @@
+"""GPU facts: the nvidia-smi parser (fm9g_deploy/gpu.py) and the Ansible module that uses it.
+
+The H100 files are real nvidia-smi output. Where a test runs "nvidia-smi" it runs
+tests/fixtures/nvidia-smi/nvidia-smi-double.sh, a labelled test double that replays those files
+(the test machine has no GPU).
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import io
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from fm9g_deploy import gpu
+from fm9g_deploy.gpu import (
+    HostGpuFacts,
+    cuda_support_problem,
+    gather_gpu_facts,
+    parse_cuda_version,
+    parse_driver_version,
+    parse_query_gpu,
+    run_locally,
+    version_tuple,
+)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+SMI_FIXTURES = PROJECT_ROOT / "tests" / "fixtures" / "nvidia-smi"
+H100 = SMI_FIXTURES / "h100-80gb"
+OLD_DRIVER_DOUBLE = SMI_FIXTURES / "old-driver-cuda118-double"
+
+
+def nvidia_smi_double(tmp_path: Path, replay: Path, monkeypatch) -> Path:
+    """An executable named nvidia-smi that runs the test double, replaying ``replay``."""
+    folder = tmp_path / "double-bin"
+    folder.mkdir(exist_ok=True)
+    program = folder / "nvidia-smi"
+    program.write_text(f'#!/bin/sh\nexec sh "{SMI_FIXTURES / "nvidia-smi-double.sh"}" "$@"\n')
+    program.chmod(0o755)
+    monkeypatch.setenv("FM9G_NVIDIA_SMI_DOUBLE_DIR", str(replay))
+    return program
+
+
+# -- parser, against the real H100 output ------------------------------------------------------
+
+def test_query_gpu_of_a_real_h100():
+    [h100] = parse_query_gpu((H100 / "query-gpu.csv").read_text())
+    assert h100.index == 0
+    assert h100.uuid == "GPU-78a118e3-41b4-3aad-d482-6ab54f165208"
+    assert h100.name == "NVIDIA H100 80GB HBM3"
+    assert (h100.memory_total_mib, h100.memory_used_mib, h100.memory_free_mib) == (81559, 0, 81079)
+    assert h100.driver_version == "580.159.04"
+    assert h100.pci_bus_id == "00000000:00:06.0"
+    assert h100.compute_capability == "9.0"
+
+
+@pytest.mark.parametrize("name", ["nvidia-smi-version.txt", "nvidia-smi.txt", "nvidia-smi-q.txt"])
+def test_cuda_version_from_every_real_output(name):
+    text = (H100 / name).read_text()
+    assert parse_cuda_version(text) == "13.0"
+    assert parse_driver_version(text) == "580.159.04"
+
+
+def test_several_gpus_sorted_and_missing_values_are_none():
+    text = (
+        "1, GPU-b, NVIDIA A100-SXM4-80GB, 81920, [N/A], [N/A], 535.104.05, 00000000:10:00.0, [Not Supported]\n"
+        "\n"
+        "0, GPU-a, NVIDIA A100-SXM4-80GB, 81920, 512, 81408, 535.104.05, 00000000:07:00.0, 8.0\n"
+    )
+    first, second = parse_query_gpu(text)
+    assert (first.index, first.uuid, first.memory_used_mib) == (0, "GPU-a", 512)
+    assert (second.index, second.memory_used_mib, second.memory_free_mib, second.compute_capability) == (1, None, None, None)
+
+
+def test_output_with_other_columns_is_refused():
+    # The saved header form asks for other columns: the parser must not misread it.
+    with pytest.raises(ValueError, match="has 4 columns, expected 9"):
+        parse_query_gpu((H100 / "query-gpu-header.csv").read_text())
+
+
+def test_memory_that_is_not_a_number_is_refused():
+    with pytest.raises(ValueError, match="memory.total"):
+        parse_query_gpu("0, GPU-a, X, lots, 0, 0, 1, 00000000:07:00.0, 8.0\n")
+
+
+def test_no_cuda_version_in_text():
+    assert parse_cuda_version("No devices were found") is None
+
+
+# -- the driver's CUDA version against a profile ---------------------------------------------------
+
+def test_version_tuple_orders_numerically():
+    assert version_tuple("12.10") > version_tuple("12.9") > version_tuple("12")
+    with pytest.raises(ValueError):
+        version_tuple("12.x")
+
+
+def test_new_driver_supports_cuda_12_1():
+    assert cuda_support_problem("13.0", "12.1") is None
+    assert cuda_support_problem("12.1", "12.1") is None
+
+
+def test_old_driver_double_fails_the_cuda121_check():
+    """Uses the labelled old-driver test double (CUDA 11.8), read through the banner fallback."""
+    driver_cuda = parse_cuda_version((OLD_DRIVER_DOUBLE / "nvidia-smi.txt").read_text())
+    assert driver_cuda == "11.8"
+    problem = cuda_support_problem(driver_cuda, "12.1")
+    assert problem is not None
+    assert "supports CUDA up to 11.8" in problem and "needs CUDA 12.1" in problem and "upgrade" in problem
+
+
+def test_unknown_driver_cuda_is_a_problem_too():
+    assert "did not report" in cuda_support_problem(None, "12.1")
+
+
+# -- gathering: running nvidia-smi --------------------------------------------------------------------
+
+def test_no_nvidia_smi_means_no_gpus_and_no_error():
+    facts = gather_gpu_facts(None, run_locally)
+    assert facts.gpu_count == 0 and facts.gpus == []
+    assert facts.problem == "nvidia-smi not found"
+
+
+def test_gather_from_the_h100_double(tmp_path, monkeypatch):
+    program = nvidia_smi_double(tmp_path, H100, monkeypatch)
+    facts = gather_gpu_facts(str(program), run_locally)
+    assert facts.gpu_count == 1 and facts.gpus[0].memory_total_mib == 81559
+    assert (facts.cuda_driver_version, facts.driver_version) == ("13.0", "580.159.04")
+    assert facts.problem is None
+
+
+def test_old_driver_without_version_option_falls_back_to_the_banner(tmp_path, monkeypatch):
+    program = nvidia_smi_double(tmp_path, OLD_DRIVER_DOUBLE, monkeypatch)
+    facts = gather_gpu_facts(str(program), run_locally)
+    assert facts.cuda_driver_version == "11.8"
+    assert facts.driver_version == "520.61.05"
+
+
+def test_nvidia_smi_that_cannot_reach_the_driver(tmp_path, monkeypatch):
+    empty = tmp_path / "no-driver"
+    empty.mkdir()
+    program = nvidia_smi_double(tmp_path, empty, monkeypatch)
+    facts = gather_gpu_facts(str(program), run_locally)
+    assert facts.gpu_count == 0
+    assert facts.problem.startswith("nvidia-smi failed (exit 9): NVIDIA-SMI has failed")
+
+
+def test_facts_survive_json():
+    facts = HostGpuFacts(gpus=parse_query_gpu((H100 / "query-gpu.csv").read_text()), driver_version="580.159.04",
+                         cuda_driver_version="13.0", nvidia_smi="/usr/bin/nvidia-smi")
+    data = json.loads(json.dumps(facts.to_dict()))
+    assert data["gpu_count"] == 1
+    assert HostGpuFacts.from_dict(data) == facts
+    with pytest.raises(ValueError, match="malformed GPU entry"):
+        HostGpuFacts.from_dict({"gpus": [{"index": 0}]})
+
+
+# -- one parser for control node and hosts ----------------------------------------------------------
+
+def test_gpu_module_is_stdlib_only():
+    """gpu.py runs on managed hosts as module_utils: it may import nothing but the standard library."""
+    tree = ast.parse(Path(gpu.__file__).read_text())
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    assert imported - {"__future__"} <= set(sys.stdlib_module_names), imported - set(sys.stdlib_module_names)
+
+
+def test_module_utils_is_a_relative_link_to_the_parser():
+    link = PROJECT_ROOT / "module_utils" / "fm9g_gpu.py"
+    assert link.is_symlink() and not os.path.isabs(os.readlink(link))
+    assert link.resolve() == Path(gpu.__file__).resolve()
+    config = (PROJECT_ROOT / "ansible.cfg").read_text()
+    assert "module_utils = ./module_utils" in config
+
+
+# -- the Ansible module, imported and run in-process ---------------------------------------------------
+
+def run_module(args: dict, monkeypatch, capsys) -> dict:
+    """Run library/fm9g_gpu_facts.py's main() with ``args`` and return its JSON result."""
+    from ansible.module_utils import basic
+    from ansible.module_utils.common.text.converters import to_bytes
+
+    # Ansible ships module_utils/fm9g_gpu.py with the module; here the same file is fm9g_deploy.gpu.
+    monkeypatch.setitem(sys.modules, "ansible.module_utils.fm9g_gpu", gpu)
+    spec = importlib.util.spec_from_file_location("fm9g_gpu_facts", PROJECT_ROOT / "library" / "fm9g_gpu_facts.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    payload = {"ANSIBLE_MODULE_ARGS": {**args, "_ansible_remote_tmp": "/tmp", "_ansible_keep_remote_files": False}}
+    monkeypatch.setattr(basic, "_ANSIBLE_ARGS", to_bytes(json.dumps(payload)))
+    monkeypatch.setattr(basic, "_ANSIBLE_PROFILE", "legacy", raising=False)
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    with pytest.raises(SystemExit) as exited:
+        module.main()
+    assert exited.value.code == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_module_reports_the_h100(tmp_path, monkeypatch, capsys):
+    program = nvidia_smi_double(tmp_path, H100, monkeypatch)
+    monkeypatch.setenv("PATH", f"{program.parent}{os.pathsep}{os.environ['PATH']}")
+    result = run_module({}, monkeypatch, capsys)
+    facts = result["ansible_facts"]["fm9g_gpu"]
+    assert result["changed"] is False and not result.get("failed")
+    assert facts["gpu_count"] == 1 and facts["cuda_driver_version"] == "13.0"
+    assert facts["gpus"][0]["name"] == "NVIDIA H100 80GB HBM3"
+    assert facts["nvidia_smi"] == str(program)
+
+
+def test_module_on_a_host_without_nvidia_smi(tmp_path, monkeypatch, capsys):
+    result = run_module({"nvidia_smi": str(tmp_path / "absent" / "nvidia-smi")}, monkeypatch, capsys)
+    facts = result["ansible_facts"]["fm9g_gpu"]
+    assert not result.get("failed")
+    assert facts["gpu_count"] == 0 and facts["nvidia_smi"] is None and facts["problem"] == "nvidia-smi not found"

@@ -1,0 +1,296 @@
+"""The capacity planner: catalog sizes, TP/replica choice, overrides, CPU hosts, driver checks."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from fm9g_deploy.catalog import get_model, load_catalog
+from fm9g_deploy.config import DeploymentConfig
+from fm9g_deploy.errors import UserError
+from fm9g_deploy.gpu import GpuInfo, HostGpuFacts, parse_cuda_version, parse_query_gpu
+from fm9g_deploy.planner import (
+    GIB,
+    MIN_REDUCED_MAX_MODEL_LEN,
+    RUNTIME_RESERVE_BYTES,
+    hypothetical_host,
+    plan_deployment,
+)
+
+SMI_FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "nvidia-smi"
+FM9G_MODELS = [name for name, spec in load_catalog().items() if spec.architecture == "FM9GForCausalLM"]
+
+
+def config(model: str = "fm9g-4b", profile: str = "cuda121", **serving) -> DeploymentConfig:
+    return DeploymentConfig.model_validate({"model": {"name": model}, "profile": profile, "serving": serving})
+
+
+def plan_one(model: str, gpus: str, **serving):
+    """Plan one hypothetical host (`4xA100-80GB`) and return its HostPlan."""
+    plan = plan_deployment(config(model, **serving), {"host": hypothetical_host(gpus)}, check_driver=False)
+    return plan.hosts["host"]
+
+
+def gpu_host(*memories_mib: int, used_mib: int = 0, cuda: str = "13.0") -> HostGpuFacts:
+    gpus = [GpuInfo(index=i, uuid=f"GPU-{i}", name="NVIDIA Test GPU", memory_total_mib=mib, memory_used_mib=used_mib,
+                    memory_free_mib=mib - used_mib, driver_version="580.159.04", pci_bus_id=None,
+                    compute_capability="9.0")
+            for i, mib in enumerate(memories_mib)]
+    return HostGpuFacts(gpus=gpus, driver_version="580.159.04", cuda_driver_version=cuda, nvidia_smi="/usr/bin/nvidia-smi")
+
+
+NO_GPU = HostGpuFacts(problem="nvidia-smi not found")
+
+
+# -- catalog sizes --------------------------------------------------------------------------------
+
+def test_parameter_counts_follow_the_architecture():
+    billions = {name: get_model(name).parameter_count / 1e9 for name in FM9G_MODELS}
+    assert 4.0 < billions["fm9g-4b"] < 4.3
+    assert 7.5 < billions["fm9g-7b"] < 7.8
+    assert 80 < billions["fm9g-70b"] < 82  # the MHA release: 64 KV heads add ~9e9 over a GQA 70B
+    assert 8.5 < billions["fm9g-8b"] < 9.0
+
+
+def test_weight_and_kv_bytes():
+    four_b = get_model("fm9g-4b")
+    assert four_b.weight_bytes() == four_b.parameter_count * 2  # bf16
+    assert four_b.kv_cache_bytes_per_token() == 2 * 62 * 4 * 64 * 2
+    assert get_model("fm9g-70b").kv_cache_bytes_per_token() == 2 * 80 * 64 * 128 * 2
+
+
+def test_per_gpu_shares_under_tensor_parallelism():
+    seventy = get_model("fm9g-70b")
+    whole = seventy.weight_bytes()
+    assert whole / 4 <= seventy.weight_bytes_per_gpu(4) < whole / 4 + 10 * 2**20  # plus replicated norms
+    assert seventy.kv_cache_bytes_per_token_per_gpu(4) * 4 == seventy.kv_cache_bytes_per_token()
+    four_b = get_model("fm9g-4b")  # 4 KV heads: at TP 8 each GPU keeps a whole KV head
+    assert four_b.kv_heads_per_gpu(8) == 1
+    assert four_b.kv_cache_bytes_per_token_per_gpu(8) == four_b.kv_cache_bytes_per_token() // 4
+
+
+def test_tensor_parallel_sizes_follow_vllms_rules():
+    assert get_model("fm9g-4b").tensor_parallel_sizes(8) == [1, 2, 4, 8]  # 40 heads, 4 KV heads
+    assert get_model("fm9g-7b").tensor_parallel_sizes() == [1, 2, 4]  # 7 divides the heads, not the MLP width
+    assert get_model("fm9g-70b").tensor_parallel_sizes(8) == [1, 2, 4, 8]
+
+
+# -- every model on every common host: a valid plan or a clear "needs N GPUs" -----------------------
+
+@pytest.mark.parametrize("model", FM9G_MODELS)
+@pytest.mark.parametrize("count", [1, 2, 4, 8])
+@pytest.mark.parametrize("size_gib", [16, 24, 40, 80])
+def test_plan_is_valid_or_says_what_it_needs(model, count, size_gib):
+    spec = get_model(model)
+    try:
+        host = plan_one(model, f"{count}x{size_gib}GiB")
+    except UserError as exc:
+        match = re.search(r"needs (\d+) GPUs of (\d+) GiB", str(exc))
+        assert match, str(exc)
+        needed, size = int(match.group(1)), int(match.group(2))
+        assert size == size_gib and needed > count
+        assert plan_one(model, f"{needed}x{size_gib}GiB").tensor_parallel_size == needed  # and it is enough
+        return
+    tp = host.tensor_parallel_size
+    assert spec.num_attention_heads % tp == 0
+    assert spec.num_kv_heads % tp == 0 or tp % spec.num_kv_heads == 0
+    used = [gpu for replica in host.replicas for gpu in replica.gpus]
+    assert len(used) == len(set(used)) and set(used) <= set(range(count))
+    assert [replica.port for replica in host.replicas] == [8100 + i for i in range(len(host.replicas))]
+    for replica in host.replicas:
+        assert replica.tensor_parallel_size == tp and len(replica.gpus) == tp
+        assert MIN_REDUCED_MAX_MODEL_LEN <= replica.max_model_len <= spec.max_model_len
+        # weights + one full-length sequence + reserve fit the budget, recomputed from the catalog
+        need = (spec.weight_bytes_per_gpu(tp) + spec.kv_cache_bytes_per_token_per_gpu(tp) * replica.max_model_len
+                + RUNTIME_RESERVE_BYTES)
+        assert need <= replica.gpu_memory_utilization * size_gib * GIB
+    # the most replicas: no smaller TP would have fitted the same context
+    for smaller in spec.tensor_parallel_sizes(tp - 1):
+        need = (spec.weight_bytes_per_gpu(smaller) + RUNTIME_RESERVE_BYTES
+                + spec.kv_cache_bytes_per_token_per_gpu(smaller) * host.replicas[0].max_model_len)
+        assert need > 0.9 * size_gib * GIB
+    assert len(host.replicas) == count // tp
+
+
+# -- the guide's data points -------------------------------------------------------------------------
+
+def test_4b_on_one_a100_40g_is_tp1():
+    host = plan_one("fm9g-4b", "1xA100-40GB")
+    assert host.tensor_parallel_size == 1 and [r.gpus for r in host.replicas] == [[0]]
+    assert host.replicas[0].max_model_len == 32768 and host.replicas[0].gpu_memory_utilization == 0.9
+
+
+def test_7b_on_one_a100_40g_is_tp1():
+    assert plan_one("fm9g-7b", "1xA100-40GB").tensor_parallel_size == 1
+
+
+def test_70b_on_a100_80g_is_tp4():
+    host = plan_one("fm9g-70b", "4xA100-80GB")
+    assert host.tensor_parallel_size == 4
+    assert [r.gpus for r in host.replicas] == [[0, 1, 2, 3]]
+    with pytest.raises(UserError, match="fm9g-70b needs 4 GPUs of 80 GiB"):
+        plan_one("fm9g-70b", "2xA100-80GB")
+
+
+def test_4b_on_eight_a100_80g_is_eight_replicas():
+    host = plan_one("fm9g-4b", "8xA100-80GB")
+    assert host.tensor_parallel_size == 1
+    assert [(r.index, r.port, r.gpus) for r in host.replicas] == [(i, 8100 + i, [i]) for i in range(8)]
+
+
+def test_real_h100_facts_plan_the_4b_model():
+    facts = HostGpuFacts(gpus=parse_query_gpu((SMI_FIXTURES / "h100-80gb" / "query-gpu.csv").read_text()),
+                         cuda_driver_version="13.0")
+    host = plan_deployment(config("fm9g-4b"), {"h100": facts}).hosts["h100"]
+    assert host.tensor_parallel_size == 1 and host.gpu_memory_mib == 81559
+    assert host.memory_per_gpu.headroom > 50 * GIB
+
+
+def test_context_is_shortened_when_only_that_fits():
+    host = plan_one("fm9g-7b", "1x24GiB")
+    assert host.replicas[0].max_model_len == 8192
+    assert any("reduced from 32768 to 8192" in note and "2 GPUs of 24 GiB" in note for note in host.notes)
+
+
+# -- overrides ---------------------------------------------------------------------------------------
+
+def test_overrides_that_work_are_used():
+    host = plan_one("fm9g-4b", "8xA100-80GB", tensor_parallel_size=2, gpu_memory_utilization=0.8, max_model_len=4096)
+    assert [r.gpus for r in host.replicas] == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    assert {(r.gpu_memory_utilization, r.max_model_len) for r in host.replicas} == {(0.8, 4096)}
+
+
+def test_fewer_replicas_leave_gpus_idle_and_say_so():
+    host = plan_one("fm9g-4b", "8xA100-80GB", replicas_per_host=2)
+    assert [r.gpus for r in host.replicas] == [[0], [1]]
+    assert any("2, 3, 4, 5, 6, 7 unused" in note for note in host.notes)
+
+
+@pytest.mark.parametrize(("model", "gpus", "serving", "message"), [
+    ("fm9g-4b", "4xA100-80GB", {"tensor_parallel_size": 3}, "cannot shard fm9g-4b .*use one of 1, 2, 4, 8, 20, 40"),
+    ("fm9g-7b", "8xA100-80GB", {"tensor_parallel_size": 7}, "cannot shard fm9g-7b"),
+    ("fm9g-4b", "4xA100-80GB", {"tensor_parallel_size": 8}, "needs 8 GPUs but host host .* has 4"),
+    ("fm9g-70b", "4xA100-80GB", {"tensor_parallel_size": 2}, "tensor_parallel_size 2 is too small.*set tensor_parallel_size 4"),
+    ("fm9g-70b", "8xA100-80GB", {"replicas_per_host": 4}, "replicas_per_host 4 leaves 2 GPU.*at most 2"),
+    ("fm9g-4b", "8xA100-80GB", {"replicas_per_host": 9}, "needs at least 9 GPUs"),
+    ("fm9g-4b", "4xA100-80GB", {"replicas_per_host": 3, "tensor_parallel_size": 2}, "needs 6 GPUs .* has 4"),
+    ("fm9g-70b", "4xA100-80GB", {"gpu_memory_utilization": 0.5}, "needs 8 GPUs of 80 GiB .*utilization 0.5"),
+    ("fm9g-7b", "1x24GiB", {"max_model_len": 32768}, "needs 2 GPUs of 24 GiB for 32768-token"),
+    ("fm9g-4b", "2xA100-80GB", {"replica_base_port": 8019}, "include the gateway's serving.port 8020"),
+])
+def test_overrides_that_cannot_work_are_refused(model, gpus, serving, message):
+    with pytest.raises(UserError, match=message):
+        plan_one(model, gpus, **serving)
+
+
+def test_max_model_len_above_the_model_is_capped():
+    host = plan_one("fm9g-4b", "1xA100-80GB", max_model_len=65536)
+    assert host.replicas[0].max_model_len == 32768
+    assert any("above fm9g-4b's maximum" in note for note in host.notes)
+
+
+def test_mixed_gpus_are_planned_for_the_smallest():
+    plan = plan_deployment(config("fm9g-4b"), {"mixed": gpu_host(81920, 40960)})
+    host = plan.hosts["mixed"]
+    assert host.gpu_memory_mib == 40960 and len(host.replicas) == 2
+    assert any("differ in memory" in note for note in host.notes)
+
+
+def test_gpu_already_in_use_is_noted():
+    host = plan_deployment(config("fm9g-4b"), {"busy": gpu_host(81920, used_mib=20000)}).hosts["busy"]
+    assert any("GPU 0 has 20000 MiB in use" in note for note in host.notes)
+
+
+# -- CPU hosts and profile mismatches -----------------------------------------------------------------
+
+def test_cpu_host_gets_the_cpu_plan():
+    plan = plan_deployment(config("tiny-random", "cpu", replicas_per_host=2, max_model_len=4096), {"sandbox1": NO_GPU})
+    host = plan.hosts["sandbox1"]
+    assert host.accelerator == "cpu" and host.tensor_parallel_size == 1 and host.memory_per_gpu is None
+    assert [r.to_dict() for r in host.replicas] == [
+        {"index": i, "port": 8100 + i, "tensor_parallel_size": 1, "gpus": [], "gpu_memory_utilization": None,
+         "max_model_len": 1024}  # min(catalog 1024, override 4096)
+        for i in range(2)
+    ]
+    assert any("no NVIDIA GPU" in note for note in host.notes)
+
+
+def test_cpu_default_is_one_replica():
+    assert len(plan_deployment(config("tiny-random", "cpu"), {"h": NO_GPU}).hosts["h"].replicas) == 1
+
+
+def test_cpu_context_follows_the_kv_cache_space():
+    host = plan_deployment(config("fm9g-4b", "cpu"), {"h": NO_GPU}).hosts["h"]
+    assert host.replicas[0].max_model_len == 16384  # 1 GiB / 62 KiB per token, rounded down to a power of 2
+    with pytest.raises(UserError, match="cpu_kvcache_space_gib"):
+        plan_deployment(config("fm9g-4b", "cpu", max_model_len=32768), {"h": NO_GPU})
+
+
+def test_cpu_host_refuses_tensor_parallelism():
+    with pytest.raises(UserError, match="has no GPU"):
+        plan_deployment(config("tiny-random", "cpu", tensor_parallel_size=2), {"h": NO_GPU})
+
+
+def test_gpu_less_host_with_the_gpu_profile_is_refused():
+    with pytest.raises(UserError, match=r"host h has no usable NVIDIA GPU \(nvidia-smi not found\) but profile "
+                                        r"cuda121 needs one; set `profile: cpu`"):
+        plan_deployment(config("fm9g-4b", "cuda121"), {"h": NO_GPU})
+
+
+def test_gpu_host_with_the_cpu_profile_is_refused():
+    with pytest.raises(UserError, match="has 1 NVIDIA GPU.* profile is cpu; set `profile: cuda121`"):
+        plan_deployment(config("fm9g-4b", "cpu"), {"h": gpu_host(81920)})
+
+
+def test_old_driver_double_is_refused_for_cuda121():
+    """The old-driver facts are a labelled test double (tests/fixtures/nvidia-smi/old-driver-cuda118-double)."""
+    double = SMI_FIXTURES / "old-driver-cuda118-double"
+    facts = HostGpuFacts(gpus=parse_query_gpu((double / "query-gpu.csv").read_text()),
+                         cuda_driver_version=parse_cuda_version((double / "nvidia-smi.txt").read_text()))
+    with pytest.raises(UserError, match=r"host old: the NVIDIA driver supports CUDA up to 11\.8 but the stack "
+                                        r"needs CUDA 12\.1; upgrade .*\(profile cuda121\)"):
+        plan_deployment(config("fm9g-4b"), {"old": facts})
+    # Hypothetical hosts skip the driver check.
+    assert plan_deployment(config("fm9g-4b"), {"old": facts}, check_driver=False).hosts["old"].tensor_parallel_size == 1
+
+
+def test_no_hosts_is_an_error():
+    with pytest.raises(UserError, match="no hosts to plan"):
+        plan_deployment(config(), {})
+
+
+# -- output forms ----------------------------------------------------------------------------------------
+
+def test_ansible_vars_and_json():
+    plan = plan_deployment(config("fm9g-70b"), {"a": gpu_host(*[81920] * 8), "b": gpu_host(*[81920] * 4)})
+    variables = plan.to_ansible_vars()
+    assert set(variables) == {"a", "b"}
+    assert variables["b"] == {"fm9g_replicas": [{"index": 0, "port": 8100, "tensor_parallel_size": 4,
+                                                 "gpus": [0, 1, 2, 3], "gpu_memory_utilization": 0.9,
+                                                 "max_model_len": 32768}]}
+    assert [r["gpus"] for r in variables["a"]["fm9g_replicas"]] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    data = json.loads(json.dumps(plan.to_dict()))
+    assert data["model"] == "fm9g-70b" and data["profile"] == "cuda121"
+    assert data["hosts"]["a"]["memory_per_gpu"]["full_length_sequences"] >= 1
+    assert data["hosts"]["a"]["cuda_driver_version"] == "13.0"
+
+
+@pytest.mark.parametrize(("spec", "count", "mib"), [
+    ("4xA100-80GB", 4, 81920), ("1xH100", 1, 81920), ("8x40GiB", 8, 40960), ("2 x nvidia a100 40gb", 2, 40960),
+    ("1x24GB", 1, 24576),
+])
+def test_hypothetical_hosts(spec, count, mib):
+    facts = hypothetical_host(spec)
+    assert facts.gpu_count == count and {gpu.memory_total_mib for gpu in facts.gpus} == {mib}
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ("A100", "is not COUNTxGPU"), ("0xA100-80GB", "must be 1 to 64"), ("4xB100", "unknown GPU 'B100'"),
+    ("2x0.5GiB", "at least 1 GiB"),
+])
+def test_bad_hypothetical_hosts(spec, message):
+    with pytest.raises(UserError, match=message):
+        hypothetical_host(spec)
