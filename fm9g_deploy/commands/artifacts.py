@@ -1,0 +1,278 @@
+"""`fm9g-deploy artifacts lock|fetch|add|verify|serve`: the locked files and the mirror hosts use."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from fm9g_deploy.commands.common import add_config_arg
+
+HELP = """\
+Hosts never download from the internet: the control node locks each stack profile to exact
+files (sha256), fetches them into a content-addressed cache, and serves that cache as a mirror.
+
+  artifacts lock  --profile cpu        resolve the profile into locks/cpu.json (needs the index)
+  artifacts add   FILE --family F      register the FM9G vLLM wheel you downloaded (cuda121)
+  artifacts fetch --profile cpu        download every locked file into the cache (resumable)
+  artifacts verify                     re-hash the cache
+  artifacts serve                      serve the cache over HTTP
+
+After a fetch the cache holds published/<profile>/requirements.txt and index.html, for
+`pip install --no-index --no-deps --require-hashes --find-links URL/ -r URL/requirements.txt`.
+"""
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("artifacts", help="lock, fetch, verify and serve the files hosts install",
+                                   description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    actions = parser.add_subparsers(dest="artifacts_action", metavar="ACTION", required=True)
+
+    lock = actions.add_parser(
+        "lock", help="resolve a stack profile into a lock of exact files with sha256",
+        description="Resolve a stack profile with pip's resolver for the hosts' Python and platform, and "
+                    "write the lock (default: locks/<profile>.json). Needs the package index. Registered "
+                    "vLLM wheels (artifacts add) are resolved in, one install set per family.")
+    _add_profile(lock)
+    lock.add_argument("--output", type=Path, metavar="FILE",
+                      help="where to write the lock (default: locks/<profile>.json)")
+    lock.add_argument("--index-url", metavar="URL", help="package index to resolve from (default: the profile's, PyPI)")
+    _add_from(lock)
+    _add_cache_args(lock)
+    lock.set_defaults(handler=run_lock)
+
+    fetch = actions.add_parser(
+        "fetch", help="download every file of a lock (and a model's tarball) into the cache",
+        description="Bring every file of the profile's lock into the cache: files already there are "
+                    "skipped, files in a --from directory (or pip's find-links) with the right sha256 are "
+                    "copied, the rest are downloaded with resume and checked against the lock. A model's "
+                    "tarball has no published checksum: its first download is pinned, later ones must match. "
+                    "Ends by publishing the profile's pip view in the cache.")
+    _add_profile(fetch)
+    fetch.add_argument("--model", metavar="MODEL", help="also fetch this catalog model's tarball (e.g. fm9g-4b)")
+    fetch.add_argument("--lock", type=Path, metavar="FILE", help="lock to fetch (default: locks/<profile>.json)")
+    _add_from(fetch)
+    fetch.add_argument("--jobs", type=int, default=4, metavar="N", help="parallel downloads (default: 4)")
+    fetch.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
+                       help="give up on a download after this long without data (default: 60)")
+    _add_cache_args(fetch)
+    fetch.set_defaults(handler=run_fetch)
+
+    add = actions.add_parser(
+        "add", help="put a file you brought into the cache (FM9G vLLM wheel, model tarball)",
+        description="Register a file that cannot be downloaded by URL. The FM9G vLLM wheels of the "
+                    "4B/7B/70B and 2B/8B families share one file name: say which family this one is; "
+                    "they are told apart by sha256. Run `artifacts lock` afterwards to lock it.")
+    add.add_argument("file", type=Path, metavar="FILE", help="the file to add")
+    what = add.add_mutually_exclusive_group(required=True)
+    what.add_argument("--family", metavar="FAMILY",
+                      help="the vLLM wheel's model family: fm9g-4b-7b-70b or fm9g-2b-8b")
+    what.add_argument("--model", metavar="MODEL", help="the catalog model this tarball holds (e.g. fm9g-7b)")
+    add.add_argument("--replace", action="store_true",
+                     help="register this wheel even though another one is registered for the family")
+    _add_cache_args(add)
+    add.set_defaults(handler=run_add)
+
+    verify = actions.add_parser(
+        "verify", help="re-hash the cache against its hashes, the lock and the model pins",
+        description="Re-hash every file in the cache and check it against the hash it is stored under; "
+                    "with --profile, also report locked files that are missing. Exit 1 on any problem.")
+    verify.add_argument("--profile", action="append", metavar="PROFILE",
+                        help="also check that this profile's lock is complete (repeatable)")
+    verify.add_argument("--delete-corrupt", action="store_true",
+                        help="delete files whose bytes do not match their hash (fetch brings them back)")
+    _add_cache_args(verify)
+    verify.set_defaults(handler=run_verify)
+
+    serve = actions.add_parser(
+        "serve", help="serve the cache to hosts over HTTP (with Range support)",
+        description="Serve the cache directory over HTTP (GET/HEAD, byte ranges) until interrupted. "
+                    "Hosts install from URL/published/<profile>/.")
+    serve.add_argument("--bind", default="127.0.0.1:8080", metavar="HOST:PORT",
+                       help="address to listen on (default: 127.0.0.1:8080)")
+    serve.add_argument("--quiet", action="store_true", help="do not log each request")
+    _add_cache_args(serve)
+    serve.set_defaults(handler=run_serve)
+
+
+def _add_profile(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--profile", required=True, metavar="PROFILE", help="stack profile: cpu or cuda121")
+
+
+def _add_from(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--from", dest="from_dirs", action="append", type=Path, metavar="DIR",
+                        help="look for files in this directory first (repeatable; pip's find-links dirs "
+                             "are searched too); a file is used only if its sha256 matches")
+
+
+def _add_cache_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cache-dir", type=Path, metavar="DIR",
+                        help="the artifact cache (default: mirror.cache_dir of the config, else "
+                             "$FM9G_DEPLOY_CACHE_DIR or ~/.cache/fm9g-deploy)")
+    add_config_arg(parser)
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _cache(args: argparse.Namespace):
+    from fm9g_deploy.artifacts.cache import Cache, resolve_cache_dir
+
+    return Cache(resolve_cache_dir(args.cache_dir, args.config))
+
+
+def run_lock(args: argparse.Namespace) -> int:
+    from fm9g_deploy.artifacts.fetch import describe_size
+    from fm9g_deploy.artifacts.lock import lock_path, lock_text, write_lock
+    from fm9g_deploy.artifacts.resolve import build_lock
+    from fm9g_deploy.artifacts.sources import search_dirs
+    from fm9g_deploy.profiles import load_profile
+
+    profile = load_profile(args.profile)
+    console = _console()
+    lock = build_lock(profile, _cache(args), search=search_dirs(args.from_dirs), index_url=args.index_url,
+                      on_step=lambda message: console.print(f"  {message}"))
+    path = args.output or lock_path(profile.name)
+    before = path.read_text(encoding="utf-8") if path.is_file() else None
+    text = lock_text(lock)
+    if text != before:
+        write_lock(lock, path)
+    for name, stand_in in lock.stand_ins.items():
+        console.print(f"  note: {name} resolved as {stand_in} (same dependencies); the lock holds the pinned file")
+    for family in lock.unregistered_families:
+        console.print(f"  note: no vLLM wheel registered for {family}; `fm9g-deploy artifacts add FILE "
+                      f"--family {family}`, then lock again")
+    known = [a.size for a in lock.artifacts if a.size is not None]
+    unknown = len(lock.artifacts) - len(known)
+    size = describe_size(sum(known)) + (f" + {unknown} of unknown size" if unknown else "")
+    state = "unchanged" if text == before else "written"
+    print(f"{path}: {len(lock.artifacts)} files ({size}), sets: {', '.join(lock.sets)} ({state})")
+    return 0
+
+
+def run_fetch(args: argparse.Namespace) -> int:
+    from rich.markup import escape
+
+    from fm9g_deploy.artifacts.download import Timeouts
+    from fm9g_deploy.artifacts.fetch import describe_size, fetch, plan
+    from fm9g_deploy.artifacts.lock import load_lock
+    from fm9g_deploy.artifacts.publish import publish
+    from fm9g_deploy.artifacts.sources import search_dirs
+    from fm9g_deploy.errors import OperationFailed, UserError
+    from fm9g_deploy.profiles import load_profile
+
+    if args.jobs < 1 or args.timeout <= 0:
+        raise UserError("--jobs must be at least 1 and --timeout more than 0")
+    profile = load_profile(args.profile)
+    lock = load_lock(profile.name, args.lock)
+    cache = _cache(args)
+    console = _console()
+    items, warnings, problems = plan(lock, cache, args.model)
+    for line in warnings:
+        console.print(f"[yellow]warning:[/] {escape(line)}")
+    report = fetch(items, cache, search=search_dirs(args.from_dirs), jobs=args.jobs,
+                   timeouts=Timeouts(connect=min(args.timeout, 30.0), read=args.timeout), console=console)
+    for line in report.warnings:
+        console.print(f"[yellow]warning:[/] {escape(line)}")
+    for line in problems:
+        console.print(f"[red]error:[/] {escape(line)}")
+    written, skipped = publish(lock, cache)
+    for folder in written:
+        console.print(f"published {folder / 'requirements.txt'}")
+    for set_name in skipped:
+        console.print(f"not published: install set {set_name} (some of its files are not in the cache)")
+    print(f"{profile.name}: {report.total} files in {cache.root}: {len(report.downloaded)} downloaded "
+          f"({describe_size(report.downloaded_bytes)}), {len(report.copied)} copied from local directories, "
+          f"{len(report.present)} already there, {len(report.failures)} failed")
+    failures = report.failures + problems
+    if len(failures) == 1:
+        raise OperationFailed(failures[0])
+    if failures:
+        raise OperationFailed(f"{len(failures)} files could not be fetched (each is listed above); "
+                              "run fetch again to resume")
+    return 0
+
+
+def run_add(args: argparse.Namespace) -> int:
+    from rich.markup import escape
+
+    from fm9g_deploy.artifacts.add import add_model_tarball, add_operator_wheel
+
+    cache = _cache(args)
+    if args.family:
+        added = add_operator_wheel(cache, args.file, args.family, replace=args.replace)
+        what = f"the {args.family} vLLM wheel"
+    else:
+        added = add_model_tarball(cache, args.file, args.model)
+        what = f"the {args.model} tarball"
+    console = _console()
+    for note in added.notes:
+        console.print(f"  {escape(note)}")
+    print(f"added {what}: {added.path} (sha256 {added.sha256})")
+    return 0
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    from rich.markup import escape
+
+    from fm9g_deploy.artifacts.fetch import describe_size
+    from fm9g_deploy.artifacts.lock import load_lock
+    from fm9g_deploy.artifacts.verify import verify
+    from fm9g_deploy.errors import OperationFailed
+
+    cache = _cache(args)
+    locks = [load_lock(name) for name in args.profile or []]
+    console = _console()
+    report = _verify_with_progress(cache, locks, console, verify)
+    for bad in report.corrupt:
+        action = "deleted" if args.delete_corrupt else "delete it and fetch again"
+        if args.delete_corrupt:
+            bad.path.unlink(missing_ok=True)
+        console.print(f"[red]CORRUPT[/] {escape(str(bad.path))}: sha256 is {bad.actual}; {action}")
+    for line in report.missing:
+        console.print(f"[yellow]missing[/] {escape(line)}")
+    print(f"{cache.root}: {report.checked} files re-hashed ({describe_size(report.checked_bytes)}), "
+          f"{len(report.corrupt)} corrupt, {len(report.missing)} missing")
+    if not report.ok:
+        raise OperationFailed(f"the cache has {len(report.corrupt)} corrupt and {len(report.missing)} missing "
+                              "files (listed above)")
+    return 0
+
+
+def _verify_with_progress(cache, locks, console, verify):
+    if not console.is_terminal:
+        return verify(cache, locks)
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+
+    total = sum(path.stat().st_size for _, path in cache.stored_files())
+    with Progress(TextColumn("hashing"), BarColumn(), DownloadColumn(), console=console, transient=True) as bar:
+        task = bar.add_task("hashing", total=total)
+        return verify(cache, locks, on_bytes=lambda n: bar.advance(task, n))
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from fm9g_deploy.artifacts.serve import make_server, parse_bind
+    from fm9g_deploy.errors import UserError
+
+    try:
+        host, port = parse_bind(args.bind)
+    except ValueError:
+        raise UserError(f"--bind {args.bind!r} is not HOST:PORT (e.g. 127.0.0.1:8080)") from None
+    cache = _cache(args)
+    if not cache.root.is_dir():
+        raise UserError(f"the cache {cache.root} does not exist; run `fm9g-deploy artifacts fetch` first")
+    try:
+        server = make_server(cache.root, host, port, quiet=args.quiet)
+    except OSError as exc:
+        raise UserError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); pick another --bind") from None
+    bound_host, bound_port = server.server_address[:2]
+    print(f"serving {cache.root} at http://{bound_host}:{bound_port}/ (Ctrl-C stops)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
