@@ -125,8 +125,11 @@ def run_playbook(
             host_cwd=str(PROJECT_ROOT),
         )
         runner.run()
-        stats = reporter.stats or {}
-        return PlaybookResult(rc=runner.rc, stats=stats, problems=reporter.problems)
+        problems = reporter.problems
+        if runner.rc != 0 and not problems:
+            # Ansible stopped before any task ran (a syntax or inventory error): show its words.
+            problems = [_tail(runner.stdout.read() if hasattr(runner.stdout, "read") else "")]
+        return PlaybookResult(rc=runner.rc, stats=reporter.stats or {}, problems=problems)
     finally:
         shutil.rmtree(private, ignore_errors=True)
 
@@ -155,7 +158,10 @@ class _ProgressReporter:
             if kind == "runner_on_failed" and data.get("ignore_errors"):
                 return True
             res = data.get("res", {})
-            message = res.get("msg") or res.get("stderr") or res.get("reason") or "failed"
+            message = res.get("msg") or res.get("reason") or "failed"
+            stderr_lines = [line for line in str(res.get("stderr") or "").splitlines() if line.strip()]
+            if stderr_lines:  # a command's own last words say more than "non-zero return code"
+                message = f"{message}: {stderr_lines[-1].strip()}"
             line = f"{data.get('host')}: {data.get('task', '')}: {_one_line(str(message))}"
             self.problems.append(line)
             label = "unreachable" if kind == "runner_on_unreachable" else "failed"
@@ -174,9 +180,28 @@ def _collect_stats(data: dict[str, Any]) -> dict[str, dict[str, int]]:
     return {host: {name: int((data.get(key) or {}).get(host, 0)) for key, name in keys.items()} for host in sorted(hosts)}
 
 
+def _tail(text: str) -> str:
+    """The error lines of Ansible's output, joined into one line."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    errors = [line for line in lines if "ERROR" in line] or lines[-3:]
+    return " ".join(errors)[:400] or "no output"
+
+
 def _one_line(text: str) -> str:
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return (lines[0] if lines else text)[:300]
+    return (lines[0] if lines else text)[:500]
+
+
+def print_summary(result: PlaybookResult, action: str) -> None:
+    """One line per host (ok / changed / failed / unreachable), then raise if the run failed."""
+    for host, counts in result.stats.items():
+        state = ("unreachable" if counts["unreachable"] else "failed" if counts["failures"] else
+                 f"ok, changed={counts['changed']}")
+        print(f"{host}: {state}")
+    if not result.ok:
+        detail = "; ".join(result.problems[:3]) or f"ansible-playbook exited with {result.rc}"
+        raise OperationFailed(f"{action} failed: {detail}")
+    print(f"{action}: done, changed={result.changed}")
 
 
 def ansible_executable(name: str = "ansible-playbook") -> str:

@@ -40,6 +40,8 @@ class ModelSpec(BaseModel):
     vllm_wheel_family: str
     tarball: str | None = None
     tarball_urls: list[str] = Field(default_factory=list)
+    #: Made by fm9g-deploy itself instead of downloaded (the sandbox's tiny model).
+    generated: bool = False
 
     # -- parameter counts -------------------------------------------------------------------
 

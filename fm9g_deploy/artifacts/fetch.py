@@ -78,6 +78,8 @@ def model_item(model: str, cache: Cache) -> FetchItem:
 
     spec = get_model(model)
     pin = cache.pins().get(model)
+    if spec.generated and not (pin and cache.has(pin["sha256"], pin["filename"])):
+        pin = _generate_model(model, cache)
     if not spec.tarball or not spec.tarball_urls:
         if pin:
             return FetchItem(filename=pin["filename"], urls=(), sha256=pin["sha256"], size=pin.get("size"), model=model)
@@ -87,6 +89,19 @@ def model_item(model: str, cache: Cache) -> FetchItem:
         return FetchItem(filename=pin["filename"], urls=tuple(spec.tarball_urls), sha256=pin["sha256"],
                          size=pin.get("size"), model=model)
     return FetchItem(filename=spec.tarball, urls=tuple(spec.tarball_urls), sha256=None, model=model)
+
+
+def _generate_model(model: str, cache: Cache) -> dict:
+    """Build a model fm9g-deploy makes itself (deterministic bytes) and add it to the cache."""
+    import tempfile
+
+    from fm9g_deploy.artifacts.add import add_model_tarball
+    from fm9g_deploy.tinymodel import write_tiny_tarball
+
+    with tempfile.TemporaryDirectory(prefix="fm9g-model-") as folder:
+        built = write_tiny_tarball(Path(folder))
+        add_model_tarball(cache, built.path, model)
+    return cache.pins()[model]
 
 
 def pin_warning(model: str, filename: str, sha256: str) -> str:
