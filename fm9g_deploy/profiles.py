@@ -107,6 +107,10 @@ class Profile(_Strict):
     python_packages: PythonPackages = Field(default_factory=PythonPackages)
     vllm: VllmSpec
     installers: list[InstallerFile] = Field(default_factory=list)
+    #: OS packages the wheels need at run time (from the host's own package repositories).
+    system_packages: list[str] = Field(default_factory=list)
+    #: Extra arguments for every vLLM server of this profile.
+    vllm_args: list[str] = Field(default_factory=list)
 
     @field_validator("platform")
     @classmethod

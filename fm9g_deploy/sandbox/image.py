@@ -21,6 +21,8 @@ SUITE = "bookworm"
 PACKAGES = (
     "python3", "python3-venv", "openssh-server", "systemd", "sudo", "ca-certificates",
     "iproute2", "curl", "nginx", "procps", "xz-utils",
+    # what the cpu profile's wheels need from the OS, so sandbox hosts stay offline
+    "libnuma1",
 )
 ROOTFS_REPOSITORY = "fm9g-sandbox-rootfs"
 HOST_REPOSITORY = "fm9g-sandbox-host"

@@ -1,0 +1,131 @@
+"""What each playbook is told: the fm9g_* variables built from the config, the lock and the cache.
+
+The control node knows exactly which files a host must get (the lock, the cache's pins), so it
+hands the roles URLs on the mirror and the sha256 of every file; the hosts never choose.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fm9g_deploy import layout
+from fm9g_deploy.config import DeploymentConfig
+from fm9g_deploy.errors import UserError
+
+GIB = 1024**3
+#: An installed env takes about this many times the bytes of its wheels.
+ENV_UNPACK_FACTOR = 3.0
+
+
+@dataclass(frozen=True)
+class Stack:
+    """The resolved stack of one deployment: profile, lock, install set, cache, mirror."""
+
+    config: DeploymentConfig
+    profile: Any
+    lock: Any
+    set_name: str
+    cache: Any
+    mirror_url: str
+
+    @property
+    def published_path(self) -> str:
+        """The install set's pip view, relative to the cache root (and so to the mirror URL)."""
+        from fm9g_deploy.artifacts.publish import set_folder
+
+        return set_folder(self.cache, self.profile.name, self.set_name).relative_to(self.cache.root).as_posix()
+
+    def requirements_file(self) -> Path:
+        return self.cache.root / self.published_path / "requirements.txt"
+
+    def requirements_sha256(self) -> str:
+        return hashlib.sha256(self.requirements_file().read_bytes()).hexdigest()
+
+    def model_pin(self) -> dict:
+        return self.cache.pins()[self.config.model.name]
+
+    def revision(self) -> str:
+        """What replicas serve: the env's lock and the model release. A change rolls them."""
+        return f"env:{self.requirements_sha256()[:16]} model:{self.model_pin()['sha256'][:16]}"
+
+
+def load_stack(config: DeploymentConfig, config_path: Path | None = None) -> Stack:
+    """Resolve the profile, lock and cache; UserError naming the command to run when a piece is missing."""
+    from fm9g_deploy.artifacts.cache import Cache, resolve_cache_dir
+    from fm9g_deploy.artifacts.lock import load_lock
+    from fm9g_deploy.profiles import load_profile
+
+    profile = load_profile(config.profile)
+    lock = load_lock(config.profile)
+    set_name = lock.set_for_model(config.model.name)
+    cache = Cache(resolve_cache_dir(config.mirror.cache_dir, None))
+    if not config.mirror.url:
+        raise UserError("mirror.url is not set in the config; set it to the URL the hosts fetch artifacts "
+                        "from (serve the cache with `fm9g-deploy artifacts serve`)")
+    stack = Stack(config, profile, lock, set_name, cache, config.mirror.url.rstrip("/"))
+    fetch_hint = f"run `fm9g-deploy artifacts fetch --profile {profile.name} --model {config.model.name}`"
+    if not stack.requirements_file().is_file():
+        raise UserError(f"the {profile.name} wheels ({set_name}) are not all in the artifact cache "
+                        f"{cache.root}; {fetch_hint}")
+    pin = cache.pins().get(config.model.name)
+    if not pin or not cache.has(pin["sha256"], pin["filename"]):
+        raise UserError(f"the {config.model.name} tarball is not in the artifact cache {cache.root}; {fetch_hint}")
+    return stack
+
+
+def provision_vars(stack: Stack) -> dict[str, Any]:
+    config, profile, lock = stack.config, stack.profile, stack.lock
+    pin = stack.model_pin()
+    published = f"{stack.mirror_url}/{stack.published_path}"
+    wheel_bytes = sum(a.size or 0 for a in lock.python_files(stack.set_name))
+    required = (wheel_bytes * ENV_UNPACK_FACTOR + 2 * (pin.get("size") or 0)) / GIB
+    values: dict[str, Any] = {
+        "fm9g_preflight_install_root": layout.INSTALL_ROOT,
+        "fm9g_preflight_required_gib": round(max(required, 1.0), 1),
+        "fm9g_preflight_accelerator": profile.accelerator,
+        "fm9g_preflight_cuda_version": profile.cuda_version or "",
+        "fm9g_python_env_manager": profile.env.manager,
+        "fm9g_python_env_prefix": layout.env_prefix(profile.env.name),
+        "fm9g_python_env_python": profile.env.python,
+        "fm9g_python_env_system_packages": list(profile.system_packages),
+        "fm9g_python_env_requirements_url": f"{published}/requirements.txt",
+        "fm9g_python_env_requirements_sha256": stack.requirements_sha256(),
+        "fm9g_python_env_find_links_url": f"{published}/",
+        "fm9g_python_env_conda_root": layout.CONDA_ROOT,
+        "fm9g_model_root": layout.model_root(config),
+        "fm9g_model_tarball_url": f"{stack.mirror_url}/sha256/{pin['sha256']}/{pin['filename']}",
+        "fm9g_model_tarball_filename": pin["filename"],
+        "fm9g_model_sha256": pin["sha256"],
+    }
+    if profile.env.manager == "conda":
+        installer = next((a for a in lock.installers() if a.name.startswith("miniforge")), None)
+        if installer is None:
+            raise UserError(f"the {profile.name} lock has no Miniforge installer; add one to the profile and "
+                            f"run `fm9g-deploy artifacts lock --profile {profile.name}`")
+        values["fm9g_python_env_conda_installer_url"] = f"{stack.mirror_url}/sha256/{installer.sha256}/{installer.filename}"
+        values["fm9g_python_env_conda_installer_sha256"] = installer.sha256
+    return values
+
+
+def serve_vars(stack: Stack, plan, api_key: str) -> dict[str, Any]:
+    config, profile = stack.config, stack.profile
+    serving = config.serving
+    return {
+        "fm9g_plan": {host: data["fm9g_replicas"] for host, data in plan.to_ansible_vars().items()},
+        "fm9g_serve_python": layout.env_python(profile.env.name),
+        "fm9g_serve_model_dir": layout.model_current(config),
+        "fm9g_serve_served_model_name": serving.served_model_name,
+        "fm9g_serve_tokenizer_mode": serving.tokenizer_mode,
+        "fm9g_serve_dtype": serving.dtype,
+        "fm9g_serve_trust_remote_code": serving.trust_remote_code,
+        "fm9g_serve_api_key": api_key,
+        "fm9g_serve_accelerator": profile.accelerator,
+        "fm9g_serve_cpu_kvcache_space_gib": serving.cpu_kvcache_space_gib,
+        "fm9g_serve_extra_args": list(profile.vllm_args),
+        "fm9g_serve_revision": stack.revision(),
+        "fm9g_serve_config_dir": layout.CONFIG_DIR,
+        "fm9g_gateway_port": serving.port,
+    }
