@@ -18,7 +18,13 @@ from fm9g_deploy.errors import OperationFailed, UserError
 COMMAND_MODULES = [
     "config",
     "sandbox",
+    "artifacts",
+    "model",
     "ping",
+    "plan",
+    "provision",
+    "deploy",
+    "status",
 ]
 
 DESCRIPTION = """\

@@ -1,0 +1,71 @@
+#!/usr/bin/python
+"""Ansible module: report each FM9G replica on a host (unit state, readiness by a real request)."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: fm9g_replica_status
+short_description: Report the FM9G replicas on a host
+description:
+  - Reads the replica settings in C(config_dir) (C(replica-N.env)), asks systemd for each unit's
+    state, and asks each replica on loopback for C(/v1/models) with the key from C(api-key.env),
+    which the module reads on the host, so the key never travels through Ansible.
+  - Changes nothing; supports check mode.
+options:
+  config_dir:
+    description: Directory of the replica settings and the key file.
+    type: path
+    default: /etc/fm9g
+  timeout:
+    description: Seconds to wait for each replica's answer.
+    type: float
+    default: 5
+author: fm9g-deploy
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.fm9g_replicas import (
+    UNIT, api_key, read_env_file, replica_env_paths, replica_index, served_models, unit_properties, uptime_seconds,
+)
+
+
+def replica_status(module, path, key, timeout):
+    index = replica_index(path)
+    settings = read_env_file(path)
+    port = int(settings.get("FM9G_PORT", 0))
+    unit = unit_properties(module.run_command, index)
+    models, problem = served_models(port, key, timeout) if port else ([], "no port")
+    return {
+        "index": index,
+        "unit": UNIT.format(index=index),
+        "port": port,
+        "tensor_parallel_size": int(settings.get("FM9G_TENSOR_PARALLEL_SIZE", 1)),
+        "gpus": settings.get("CUDA_VISIBLE_DEVICES", ""),
+        "max_model_len": int(settings.get("FM9G_MAX_MODEL_LEN", 0)),
+        "active_state": unit.get("ActiveState", "unknown"),
+        "sub_state": unit.get("SubState", "unknown"),
+        "enabled": unit.get("UnitFileState", "unknown"),
+        "restarts": int(unit.get("NRestarts") or 0),
+        "main_pid": int(unit.get("MainPID") or 0),
+        "uptime_s": uptime_seconds(unit),
+        "models": models,
+        "ready": bool(models),
+        "problem": problem,
+    }
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec={"config_dir": {"type": "path", "default": "/etc/fm9g"},
+                       "timeout": {"type": "float", "default": 5.0}},
+        supports_check_mode=True,
+    )
+    config_dir = module.params["config_dir"]
+    key = api_key(config_dir)
+    replicas = [replica_status(module, path, key, module.params["timeout"]) for path in replica_env_paths(config_dir)]
+    module.exit_json(changed=False, replicas=replicas)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""Shared by the fm9g_replica_* modules: replica settings, unit state, and real requests.
+
+Runs on the host (stdlib only). The API key is read from the root-only env file here, on the
+host, so it never travels through Ansible.
+"""
+
+import glob
+import json
+import os
+import re
+import time
+import urllib.error
+import urllib.request
+
+UNIT = "fm9g-replica@{index}.service"
+PROPERTIES = ("ActiveState", "SubState", "UnitFileState", "NRestarts", "ExecMainStartTimestampMonotonic", "MainPID")
+
+
+def read_env_file(path):
+    values = {}
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            line = line.strip()
+            if line and not line.startswith("#") and "=" in line:
+                key, _, value = line.partition("=")
+                values[key.strip()] = value.strip()
+    return values
+
+
+def api_key(config_dir):
+    path = os.path.join(config_dir, "api-key.env")
+    return read_env_file(path).get("VLLM_API_KEY", "") if os.path.exists(path) else ""
+
+
+def replica_env_paths(config_dir):
+    paths = glob.glob(os.path.join(config_dir, "replica-*.env"))
+    return sorted(paths, key=replica_index)
+
+
+def replica_index(path):
+    return int(re.search(r"replica-(\d+)\.env$", path).group(1))
+
+
+def unit_properties(run_command, index):
+    rc, out, _ = run_command(["systemctl", "show", UNIT.format(index=index), "--property=" + ",".join(PROPERTIES)])
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line) if rc == 0 else {}
+
+
+def uptime_seconds(values):
+    started = int(values.get("ExecMainStartTimestampMonotonic") or 0)
+    if values.get("ActiveState") != "active" or not started:
+        return None
+    return round(time.clock_gettime(time.CLOCK_MONOTONIC) - started / 1e6)
+
+
+def _request(port, path, key, timeout, body=None):
+    data = json.dumps(body).encode("utf-8") if body is not None else None
+    headers = {"Authorization": "Bearer " + key}
+    if data is not None:
+        headers["Content-Type"] = "application/json"
+    request = urllib.request.Request("http://127.0.0.1:%d%s" % (port, path), data=data, headers=headers)
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read().decode("utf-8"))
+
+
+def served_models(port, key, timeout):
+    """([model ids], problem or None) from GET /v1/models."""
+    try:
+        data = _request(port, "/v1/models", key, timeout)
+        return [item.get("id") for item in data.get("data", [])], None
+    except urllib.error.HTTPError as exc:
+        return [], "HTTP %d" % exc.code
+    except (OSError, ValueError) as exc:
+        return [], str(getattr(exc, "reason", exc))[:120]
+
+
+def one_token(port, key, model, timeout):
+    """None when a 1-token completion succeeds, else why not."""
+    try:
+        data = _request(port, "/v1/completions", key, timeout, {"model": model, "prompt": "Hello", "max_tokens": 1})
+    except urllib.error.HTTPError as exc:
+        return "HTTP %d" % exc.code
+    except (OSError, ValueError) as exc:
+        return str(getattr(exc, "reason", exc))[:120]
+    return None if len(data.get("choices") or []) == 1 else "no choice in the answer"
