@@ -134,6 +134,10 @@ def run_playbook(
         shutil.rmtree(private, ignore_errors=True)
 
 
+#: Tasks named so list, in check mode, the commands a real run would execute.
+WOULD_RUN = "Would run:"
+
+
 class _ProgressReporter:
     """Turns ansible-runner events into short progress lines and collects the final stats."""
 
@@ -152,6 +156,11 @@ class _ProgressReporter:
             self.console.print(f"[bold]PLAY[/] {data.get('play', '')}")
         elif kind == "playbook_on_task_start" and not self.quiet:
             self.console.print(f"  [cyan]·[/] {data.get('task', '')}")
+        elif kind == "runner_on_ok" and not self.quiet and str(data.get("task", "")).startswith(WOULD_RUN):
+            # Check mode's listing of the commands a real run executes (a role's debug task).
+            messages = data.get("res", {}).get("msg") or []
+            for line in [messages] if isinstance(messages, str) else messages:
+                self.console.print(f"      [magenta]would run[/] {data.get('host')}: {line}", soft_wrap=True)
         elif kind == "runner_on_ok" and not self.quiet and data.get("res", {}).get("changed"):
             self.console.print(f"      [yellow]changed[/] {data.get('host')}")
         elif kind in ("runner_on_failed", "runner_on_unreachable"):

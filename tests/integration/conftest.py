@@ -1,7 +1,8 @@
 """One sandbox for the whole integration session (Molecule's order: create, converge, verify, destroy).
 
-The sandbox is named fm9g-test so it never touches an operator's own `fm9g-sandbox`. Set
-FM9G_KEEP_SANDBOX=1 to keep it after the run (faster inner loop: the next run reuses it).
+The sandbox is named fm9g-test (or $FM9G_TEST_SANDBOX) so it never touches an operator's own
+`fm9g-sandbox`. Set FM9G_KEEP_SANDBOX=1 to keep it after the run (faster inner loop: the next
+run reuses it).
 """
 
 import os
@@ -11,7 +12,7 @@ import pytest
 
 from tests.conftest import run_cli
 
-TEST_SANDBOX = "fm9g-test"
+TEST_SANDBOX = os.environ.get("FM9G_TEST_SANDBOX", "fm9g-test")
 
 
 def pytest_collection_modifyitems(items):
@@ -44,3 +45,65 @@ def sandbox_hosts(sandbox_inventory):
 
     return {name: testinfra.get_host(f"ansible://{name}", ansible_inventory=str(sandbox_inventory))
             for name in ("host1", "host2")}
+
+
+# -- converge: artifacts, provision, deploy (shared by every integration test) -----------------
+
+#: The test deployment: the sandbox defaults, with two replicas per host so one can restart
+#: while the other serves (rolling updates, killed replicas).
+TEST_CONFIG = """\
+model:
+  name: tiny-random
+profile: cpu
+serving:
+  served_model_name: 9g
+  port: 8020
+  api_key: fm9g
+  replicas_per_host: 2
+  cpu_kvcache_space_gib: 1
+mirror:
+  url: {mirror_url}
+"""
+
+
+def parse_changed(output: str) -> dict[str, int]:
+    """host -> changed count from the CLI's summary lines ("host1: ok, changed=3")."""
+    import re
+
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\S+): ok, changed=(\d+)$", output, re.M)}
+
+
+@pytest.fixture(scope="session")
+def test_config(sandbox_inventory) -> Path:
+    import yaml
+
+    mirror_url = yaml.safe_load(sandbox_inventory.read_text())["all"]["vars"]["fm9g_mirror_url"]
+    path = sandbox_inventory.parent / "fm9g.yml"
+    path.write_text(TEST_CONFIG.format(mirror_url=mirror_url))
+    return path
+
+
+@pytest.fixture(scope="session")
+def fetched_artifacts(test_config):
+    result = run_cli("artifacts", "fetch", "--profile", "cpu", "--model", "tiny-random", timeout=1800)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result
+
+
+@pytest.fixture(scope="session")
+def provisioned(sandbox_inventory, fetched_artifacts):
+    """Converge: the first provision of both hosts."""
+    result = run_cli("provision", "-i", str(sandbox_inventory), timeout=1800)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="session")
+def deployed_sandbox(sandbox_inventory, provisioned):
+    """(inventory, {host: gateway URL}) once every planned replica serves behind its gateway."""
+    import yaml
+
+    result = run_cli("deploy", "-i", str(sandbox_inventory), timeout=1800)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    hosts = yaml.safe_load(sandbox_inventory.read_text())["all"]["children"]["serving"]["hosts"]
+    return sandbox_inventory, {name: values["fm9g_sandbox_gateway_url"] for name, values in hosts.items()}

@@ -1,0 +1,126 @@
+"""The guide's GPU stack rendered for real: `provision --check` of the cuda121 profile.
+
+There is no GPU and no CUDA wheel here, so the env is not built; but Ansible runs the real
+roles in check mode against this machine (local connection, nothing changed) and lists the
+exact commands a GPU host would run: the Miniforge install, `conda create` of the guide's env
+and pip with every hash required, offline from the mirror.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shlex
+import sys
+import tarfile
+import threading
+from pathlib import Path
+
+import pytest
+
+from fm9g_deploy.artifacts.cache import Cache
+from fm9g_deploy.ansible import run_playbook
+from fm9g_deploy.artifacts.lock import LockedArtifact, load_lock
+from fm9g_deploy.artifacts.serve import make_server
+from fm9g_deploy.artifacts.publish import requirements_text, set_folder
+from fm9g_deploy.config import parse_config
+from fm9g_deploy.hostvars import Stack, provision_vars
+from fm9g_deploy.profiles import load_profile
+from tests.fixtures.artifacts.wheels import sha256_of
+
+TORCH_CU121_SHA256 = "0a12aa9aa6bc442dff8823ac8b48d991fd0771562eaa38593f9c8196d65f7007"
+
+
+FAMILY = "fm9g-4b-7b-70b"
+
+
+def lock_with_operator_wheel():
+    """The committed cuda121 lock plus the operator's vLLM wheel, as `artifacts lock` records it
+    once the wheel is registered (its hash here is a stand-in: the wheel is not public)."""
+    lock = load_lock("cuda121")
+    vllm = LockedArtifact(name="vllm", version="0.5.0.dev0+cu122", url=None, sha256="e" * 64, size=1,
+                          filename=load_profile("cuda121").vllm.filename, kind="operator-wheel",
+                          sets=[FAMILY], family=FAMILY)
+    artifacts = [a.model_copy(update={"sets": [*a.sets, FAMILY]}) if a.kind == "wheel" else a
+                 for a in lock.artifacts]
+    return lock.model_copy(update={"sets": {**lock.sets, FAMILY: "base plus the FM9G 4B/7B/70B vLLM wheel"},
+                                   "artifacts": [*artifacts, vllm], "unregistered_families": []})
+
+
+@pytest.fixture(scope="module")
+def gpu_check_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gpu-render")
+    cache = Cache(root / "cache")
+    lock = lock_with_operator_wheel()
+    set_name = lock.set_for_model("fm9g-4b")
+    folder = set_folder(cache, "cuda121", set_name)
+    folder.mkdir(parents=True)
+    # The published view a GPU site's mirror holds once the wheels are fetched (they are not here).
+    (folder / "requirements.txt").write_text(requirements_text(lock, set_name, lock.python_files(set_name)))
+    tarball = root / "FM9G4B.tar.gz"
+    with tarfile.open(tarball, "w:gz") as archive:  # a stand-in tarball: only its pin is read
+        archive.add(__file__, arcname="FM9G4B/README")
+    digest = sha256_of(tarball)
+    cache.store(tarball, digest, tarball.name)
+    cache.save_pin("fm9g-4b", {"filename": tarball.name, "sha256": digest, "size": tarball.stat().st_size})
+    installer = next(a for a in lock.installers() if a.name.startswith("miniforge"))
+    stand_in = cache.path_for(installer.sha256, installer.filename)  # check mode only asks the mirror for it
+    stand_in.parent.mkdir(parents=True)
+    stand_in.write_text("#!/bin/sh\n")
+    server = make_server(cache.root, "127.0.0.1", 0, quiet=True)  # the real mirror server, on loopback
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    mirror = "http://127.0.0.1:%d" % server.server_address[1]
+    config = parse_config(f"model:\n  name: fm9g-4b\nprofile: cuda121\nmirror:\n  url: {mirror}\n")
+    stack = Stack(config, load_profile("cuda121"), lock, set_name, cache, mirror)
+    inventory = root / "hosts.yml"
+    inventory.write_text(json.dumps({"all": {"children": {"serving": {"hosts": {"gpu-host": {
+        "ansible_connection": "local", "ansible_python_interpreter": sys.executable}}}}}}))
+    output = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(output):
+            result = run_playbook("provision.yml", inventory, extra_vars=provision_vars(stack), check=True, tags="env")
+    finally:
+        server.shutdown()
+        server.server_close()
+    would_run = [line.split("gpu-host: ", 1)[1] for line in output.getvalue().splitlines() if "would run" in line]
+    return result, would_run, lock, set_name, mirror
+
+
+def test_check_mode_succeeds_and_changes_nothing_here(gpu_check_run):
+    result, would_run, _, _, _ = gpu_check_run
+    assert result.ok, result.problems
+    assert len(would_run) == 3
+    assert not Path("/opt/fm9g/envs/fm-9g").exists()
+
+
+def test_conda_env_is_the_guides(gpu_check_run):
+    _, would_run, _, _, _ = gpu_check_run
+    installer, create = (shlex.split(line) for line in would_run[:2])
+    assert installer[:2] == ["/bin/bash", "/opt/fm9g/miniforge-installer.sh"] and installer[2:] == ["-b", "-p", "/opt/fm9g/conda"]
+    assert create == ["/opt/fm9g/conda/bin/conda", "create", "--yes", "--quiet", "--prefix", "/opt/fm9g/envs/fm-9g",
+                      "--override-channels", "--channel", "conda-forge", "python=3.10.16"]
+
+
+def test_pip_installs_offline_with_every_hash_required(gpu_check_run):
+    _, would_run, _, set_name, mirror = gpu_check_run
+    pip = shlex.split(would_run[2])
+    assert pip[:4] == ["/opt/fm9g/envs/fm-9g/bin/python", "-m", "pip", "install"]
+    for flag in ("--no-index", "--no-deps", "--require-hashes", "--only-binary=:all:"):
+        assert flag in pip
+    assert pip[pip.index("--find-links") + 1] == f"{mirror}/published/cuda121/{set_name}/"
+    assert pip[pip.index("--trusted-host") + 1] == "127.0.0.1"
+    assert pip[pip.index("--requirement") + 1] == "/opt/fm9g/envs/fm-9g/fm9g-requirements.txt"
+
+
+def test_the_requirements_pip_reads_hold_the_guides_pins_with_hashes(gpu_check_run):
+    _, _, lock, set_name, _ = gpu_check_run
+    lines = [line for line in requirements_text(lock, set_name, lock.python_files(set_name)).splitlines()
+             if not line.startswith("#")]
+    assert all(" --hash=sha256:" in line for line in lines)
+    pins = {line.split("==")[0]: line for line in lines}
+    assert pins["torch"] == f"torch==2.3.0+cu121 --hash=sha256:{TORCH_CU121_SHA256}"
+    assert pins["transformers"].startswith("transformers==4.44.0 ")
+    assert pins["vllm"].startswith("vllm==0.5.0.dev0+cu122 ")
+    for name in ("accelerate", "jsonschema", "pytrie", "sentencepiece", "protobuf", "datamodel-code-generator"):
+        assert any(key.lower().replace("_", "-") == name for key in pins), name
