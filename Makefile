@@ -10,7 +10,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 .PHONY: help deps engine demo demo-down test test-unit test-integration clean
 
 help:
-	@echo "make demo              bring up the local sandbox and prove every host answers Ansible"
+	@echo "make demo              rehearse the whole rollout on the local sandbox and chat with it"
 	@echo "make test              unit and sandbox integration tests"
 	@echo "make test-unit         the fast tier (no Docker)"
 	@echo "make test-integration  the sandbox tier (Docker)"
@@ -19,7 +19,7 @@ help:
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e .
+	$(BIN)/pip install -q -e '.[plot]'
 	touch $@
 
 deps: $(VENV)/.installed engine
@@ -28,10 +28,7 @@ engine:
 	bash scripts/ensure-engine.sh
 
 demo: deps
-	@inventory=$$($(CLI) sandbox up --hosts 2) && \
-	  echo "inventory: $$inventory" && \
-	  $(CLI) config check -i "$$inventory" && \
-	  $(CLI) ping -i "$$inventory"
+	bash scripts/demo.sh
 
 demo-down: $(VENV)/.installed
 	$(CLI) sandbox down

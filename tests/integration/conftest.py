@@ -91,7 +91,13 @@ def fetched_artifacts(test_config):
 
 
 @pytest.fixture(scope="session")
-def provisioned(sandbox_inventory, fetched_artifacts):
+def first_check(sandbox_inventory, fetched_artifacts):
+    """`provision --check` before the first provision: on bare hosts it must list, not fail."""
+    return run_cli("provision", "-i", str(sandbox_inventory), "--check", timeout=900)
+
+
+@pytest.fixture(scope="session")
+def provisioned(sandbox_inventory, fetched_artifacts, first_check):
     """Converge: the first provision of both hosts."""
     result = run_cli("provision", "-i", str(sandbox_inventory), timeout=1800)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]

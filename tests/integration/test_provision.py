@@ -21,6 +21,15 @@ def test_converge_provisions_both_hosts(provisioned, sandbox_hosts):
         assert host.file(f"{MODEL_CURRENT}/model.safetensors").exists
 
 
+def test_check_mode_before_converge_lists_the_commands_and_changes_nothing(first_check, provisioned):
+    # It ran before the first provision (on a fresh sandbox: bare hosts, so everything is due).
+    assert first_check.returncode == 0, first_check.stdout[-2000:] + first_check.stderr[-2000:]
+    assert "provision (check mode): done" in first_check.stdout
+    would_run = [line for line in first_check.stderr.splitlines() if "would run" in line]
+    assert len(would_run) == 2 * len(HOSTS)  # venv creation and the pip install, per host
+    assert all("--require-hashes" in line for line in would_run if " -m pip install " in line)
+
+
 def test_second_provision_changes_nothing(sandbox_inventory, provisioned):
     result = run_cli("provision", "-i", str(sandbox_inventory), timeout=900)
     assert result.returncode == 0, result.stderr[-2000:]
