@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "provision",
     "deploy",
     "status",
+    "verify",
 ]
 
 DESCRIPTION = """\
