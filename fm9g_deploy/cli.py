@@ -26,6 +26,9 @@ COMMAND_MODULES = [
     "deploy",
     "status",
     "verify",
+    "infer",
+    "chat",
+    "bench",
 ]
 
 DESCRIPTION = """\

@@ -8,7 +8,7 @@ import pytest
 from fm9g_deploy.cli import COMMAND_MODULES, build_parser
 from tests.conftest import run_cli
 
-HEAVY_MODULES = ("ansible", "ansible_runner", "docker", "torch", "vllm", "httpx", "rich")
+HEAVY_MODULES = ("ansible", "ansible_runner", "docker", "torch", "vllm", "httpx", "aiohttp", "openai", "rich")
 
 
 def _subcommand_paths():
