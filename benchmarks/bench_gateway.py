@@ -35,11 +35,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sandbox", default="fm9g-sandbox", help="a deployed sandbox (default: the demo's)")
     parser.add_argument("--host", default="host1")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--latency-requests", type=int, default=400, help="latency probes per path per round")
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--per-worker", type=int, default=8, help="completions per worker per round")
-    parser.add_argument("--max-tokens", type=int, default=16)
+    parser.add_argument("--max-tokens", type=int, default=64, help="tokens per completion (a short answer)")
     args = parser.parse_args()
 
     folder = sandbox_dir(args.sandbox)
