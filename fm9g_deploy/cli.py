@@ -25,10 +25,11 @@ COMMAND_MODULES = [
     "provision",
     "deploy",
     "status",
-    "verify",
     "infer",
     "chat",
     "bench",
+    "image",
+    "verify",
 ]
 
 DESCRIPTION = """\

@@ -63,6 +63,8 @@ class ServingConfig(_Strict):
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     trust_remote_code: bool = True
     serve_mode: Literal["systemd", "container"] = "systemd"
+    #: The image of serve_mode container; unset: the profile's image as `fm9g-deploy image build` tags it.
+    container_image: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$")] | None = None
     # Planner overrides: leave unset to let the planner choose per host.
     tensor_parallel_size: Annotated[int, Field(ge=1, le=64)] | None = None
     replicas_per_host: Annotated[int, Field(ge=1, le=64)] | None = None

@@ -47,6 +47,12 @@ class Stack:
     def model_pin(self) -> dict:
         return self.cache.pins()[self.config.model.name]
 
+    def image_tag(self) -> str:
+        """The serving image `fm9g-deploy image build` makes of this stack (container mode)."""
+        from fm9g_deploy.image.render import image_tag, lock_sha256
+
+        return image_tag(self.profile.name, self.set_name, lock_sha256(self.profile.name))
+
     def revision(self) -> str:
         """What replicas serve: the env's lock and the model release. A change rolls them."""
         return f"env:{self.requirements_sha256()[:16]} model:{self.model_pin()['sha256'][:16]}"
@@ -127,5 +133,7 @@ def serve_vars(stack: Stack, plan, api_key: str) -> dict[str, Any]:
         "fm9g_serve_extra_args": list(profile.vllm_args),
         "fm9g_serve_revision": stack.revision(),
         "fm9g_serve_config_dir": layout.CONFIG_DIR,
+        "fm9g_serve_mode": serving.serve_mode,
+        "fm9g_serve_container_image": serving.container_image or stack.image_tag(),
         "fm9g_gateway_port": serving.port,
     }

@@ -144,7 +144,7 @@ def build_facts(config: DeploymentConfig, inventory: Path, limit: str | None = N
         packages=packages, model_name=config.model.name, model_root=layout.model_root(config),
         model_current=layout.model_current(config), model_sha256=pin["sha256"],
         served_model_name=config.serving.served_model_name, gateway_port=config.serving.port,
-        config_dir=layout.CONFIG_DIR, hosts=hosts, api_key=api_key,
+        config_dir=layout.CONFIG_DIR, hosts=hosts, api_key=api_key, serve_mode=config.serving.serve_mode,
     )
 
 

@@ -38,6 +38,15 @@ options:
     description: Directory of the key file.
     type: path
     default: /etc/fm9g
+  container:
+    description: The replica is this container (container serving mode), not the systemd unit;
+      its state and restart count come from the engine, its last lines from its log.
+    type: str
+    default: ""
+  docker:
+    description: The Docker CLI (container mode).
+    type: str
+    default: docker
 author: fm9g-deploy
 """
 
@@ -48,9 +57,25 @@ from ansible.module_utils.fm9g_replicas import UNIT, api_key, one_token, served_
 
 
 def journal(module, index, lines=25):
+    if module.params["container"]:
+        _, out, err = module.run_command([module.params["docker"], "logs", "--tail", str(lines),
+                                          module.params["container"]])
+        return [line for line in (out + err).splitlines() if line.strip()]
     _, out, _ = module.run_command(["journalctl", "--no-pager", "-o", "cat", "-n", str(lines), "-u",
                                     UNIT.format(index=index)])
     return [line for line in out.splitlines() if line.strip()]
+
+
+def replica_state(module, index):
+    """{ActiveState, NRestarts} of the unit, or the same read from the replica's container."""
+    if not module.params["container"]:
+        return unit_properties(module.run_command, index)
+    rc, out, _ = module.run_command([module.params["docker"], "container", "inspect", "--format",
+                                     "{{.State.Status}} {{.RestartCount}}", module.params["container"]])
+    if rc != 0:
+        return {"ActiveState": "failed", "NRestarts": "0"}
+    status, restarts = (out.split() + ["", "0"])[:2]
+    return {"ActiveState": "failed" if status in ("exited", "dead") else "active", "NRestarts": restarts}
 
 
 def main():
@@ -62,6 +87,8 @@ def main():
             "timeout": {"type": "int", "default": 900},
             "max_restarts": {"type": "int", "default": 2},
             "config_dir": {"type": "path", "default": "/etc/fm9g"},
+            "container": {"type": "str", "default": ""},
+            "docker": {"type": "str", "default": "docker"},
         },
         supports_check_mode=True,
     )
@@ -70,13 +97,14 @@ def main():
         module.exit_json(changed=False, ready=None)
     key = api_key(params["config_dir"])
     started = time.monotonic()
-    restarts_at_start = int(unit_properties(module.run_command, params["index"]).get("NRestarts") or 0)
+    restarts_at_start = int(replica_state(module, params["index"]).get("NRestarts") or 0)
     problem = "no answer yet"
     while time.monotonic() - started < params["timeout"]:
-        unit = unit_properties(module.run_command, params["index"])
+        unit = replica_state(module, params["index"])
         restarts = int(unit.get("NRestarts") or 0) - restarts_at_start
         if unit.get("ActiveState") == "failed" or restarts >= params["max_restarts"]:
-            problem = "the unit %s (restarted %d times while waiting)" % (
+            problem = "the %s %s (restarted %d times while waiting)" % (
+                "container" if params["container"] else "unit",
                 "failed" if unit.get("ActiveState") == "failed" else "keeps crashing", restarts)
             break
         models, problem = served_models(params["port"], key, 10)

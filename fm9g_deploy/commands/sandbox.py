@@ -24,6 +24,9 @@ def register(subparsers) -> None:
     up.add_argument("--hosts", type=int, default=2, metavar="N", help="number of hosts (default: 2)")
     up.add_argument("--mirror-root", type=Path, metavar="DIR",
                     help="directory the mirror serves (default: the artifact cache)")
+    up.add_argument("--engine-socket", action="store_true",
+                    help="give the hosts this machine's Docker engine, for serving.serve_mode container "
+                         "(root on this machine to anything in them; local rehearsal only)")
     _add_name(up)
     up.set_defaults(handler=run_up)
 
@@ -55,7 +58,7 @@ def run_up(args: argparse.Namespace) -> int:
 
     name = hosts.sandbox_name(args.name)
     console = _console()
-    report = hosts.up(name, args.hosts, console, mirror_root=args.mirror_root)
+    report = hosts.up(name, args.hosts, console, mirror_root=args.mirror_root, engine_socket=args.engine_socket)
     for action in report.actions:
         console.print(f"  {action}")
     console.print(f"sandbox {name}: {len(report.hosts)} host(s) up, "

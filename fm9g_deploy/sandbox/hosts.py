@@ -22,6 +22,10 @@ from fm9g_deploy.sandbox.inventory import write_sandbox_files
 LABEL = "fm9g-deploy.sandbox"
 ROLE_LABEL = "fm9g-deploy.role"
 INDEX_LABEL = "fm9g-deploy.index"
+#: Set on hosts that can run containers on this machine's engine (`sandbox up --engine-socket`).
+ENGINE_LABEL = "fm9g-deploy.engine-socket"
+#: The label the serve role puts on replica containers (module_utils/fm9g_container.py).
+REPLICA_OWNER_LABEL = "io.fm9g.replica-of"
 DEFAULT_NAME = "fm9g-sandbox"
 MAX_HOSTS = 16
 #: The port the gateway listens on inside a host (the guide's 8020); published on loopback.
@@ -38,6 +42,7 @@ class SandboxHost:
     ssh_port: int | None
     gateway_port: int | None
     address: str | None
+    engine_socket: bool = False
 
 
 @dataclass
@@ -72,8 +77,12 @@ def host_container_name(name: str, index: int) -> str:
     return f"{name}-host{index}"
 
 
-def up(name: str, hosts: int, console, mirror_root: Path | None = None) -> SandboxReport:
-    """Make the sandbox have exactly ``hosts`` running hosts and a mirror; idempotent."""
+def up(name: str, hosts: int, console, mirror_root: Path | None = None, engine_socket: bool = False) -> SandboxReport:
+    """Make the sandbox have exactly ``hosts`` running hosts and a mirror; idempotent.
+
+    ``engine_socket`` gives each host this machine's Docker engine (its socket and CLI), so
+    container serving mode can run replicas beside the host, in the host's network namespace.
+    """
     from fm9g_deploy.sandbox.engine import docker_client
 
     if not 1 <= hosts <= MAX_HOSTS:
@@ -99,7 +108,7 @@ def up(name: str, hosts: int, console, mirror_root: Path | None = None) -> Sandb
             container.remove(force=True, v=True)
             actions.append(f"removed {container.name}")
     for index in range(1, hosts + 1):
-        _ensure_host(client, name, index, image, network, public_key, existing.get(index), actions)
+        _ensure_host(client, name, index, image, network, public_key, existing.get(index), actions, engine_socket)
     report = _report(client, name, folder)
     for host in report.hosts:
         _wait_for_ssh(host, console)
@@ -118,6 +127,11 @@ def down(name: str, console) -> list[str]:
     client = docker_client()
     removed = []
     for container in _containers(client, name):
+        if container.labels.get(ENGINE_LABEL) == "1":
+            # Replicas that container serving mode ran beside the host, on this engine.
+            for replica in client.containers.list(all=True, filters={"label": f"{REPLICA_OWNER_LABEL}={container.name}"}):
+                replica.remove(force=True, v=True)
+                removed.append(f"container {replica.name}")
         container.remove(force=True, v=True)
         removed.append(f"container {container.name}")
     for network in client.networks.list(filters={"label": f"{LABEL}={name}"}):
@@ -168,19 +182,41 @@ def _systemd_host_options() -> dict:
     }
 
 
-def _ensure_host(client, name, index, image, network, public_key, container, actions) -> None:
+def _engine_options() -> dict:
+    """This machine's engine socket and Docker CLI, mounted into a host."""
+    import shutil
+
+    socket_path = "/var/run/docker.sock"
+    if os.environ.get("DOCKER_HOST", "").startswith("unix://"):
+        socket_path = os.environ["DOCKER_HOST"].removeprefix("unix://")
+    cli = shutil.which("docker")
+    if cli is None:
+        raise UserError("--engine-socket needs the docker CLI on this machine; install docker.io")
+    return {socket_path: {"bind": "/var/run/docker.sock", "mode": "rw"},
+            os.path.realpath(cli): {"bind": "/usr/local/bin/docker", "mode": "ro"}}
+
+
+def _ensure_host(client, name, index, image, network, public_key, container, actions, engine_socket=False) -> None:
     if container is not None and container.image.tags and image not in container.image.tags:
         container.remove(force=True, v=True)
         actions.append(f"replaced {container.name} (image changed)")
         container = None
+    if container is not None and engine_socket and container.labels.get(ENGINE_LABEL) != "1":
+        container.remove(force=True, v=True)
+        actions.append(f"replaced {container.name} (engine socket added)")
+        container = None
     if container is None:
         options = _systemd_host_options()
+        extra_labels = {}
+        if engine_socket:
+            options["volumes"].update(_engine_options())
+            extra_labels[ENGINE_LABEL] = "1"
         container = client.containers.create(
             image,
             name=host_container_name(name, index),
             hostname=f"host{index}",
             detach=True,
-            labels=_labels(name, "host", **{INDEX_LABEL: str(index)}),
+            labels=_labels(name, "host", **{INDEX_LABEL: str(index)}, **extra_labels),
             ports={"22/tcp": ("127.0.0.1", None), f"{GATEWAY_PORT}/tcp": ("127.0.0.1", None)},
             network=network.name,
             **options,
@@ -259,6 +295,7 @@ def _report(client, name: str, folder: Path) -> SandboxReport:
             ssh_port=_published_port(container, 22),
             gateway_port=_published_port(container, GATEWAY_PORT),
             address=address,
+            engine_socket=container.labels.get(ENGINE_LABEL) == "1",
         ))
     return SandboxReport(
         name=name,

@@ -58,17 +58,25 @@ def ensure_host_image(client, console) -> tuple[str, bool]:
         return tag, False
     except ImageNotFound:
         pass
-    rootfs_tag = f"{ROOTFS_REPOSITORY}:{image_digest()}"
-    try:
-        client.images.get(rootfs_tag)
-    except ImageNotFound:
-        _build_rootfs_image(client, rootfs_tag, console)
+    rootfs_tag = ensure_rootfs_image(client, console)
     console.print(f"building sandbox host image {tag}")
     try:
         client.images.build(path=str(HOST_CONTEXT), tag=tag, buildargs={"BASE": rootfs_tag}, rm=True, pull=False)
     except BuildError as exc:
         raise OperationFailed(f"building {tag} failed: {exc.msg}") from None
     return tag, True
+
+
+def ensure_rootfs_image(client, console) -> str:
+    """The debootstrap'd Debian base (also the CPU serving image's base), made once per digest."""
+    from docker.errors import ImageNotFound
+
+    rootfs_tag = f"{ROOTFS_REPOSITORY}:{image_digest()}"
+    try:
+        client.images.get(rootfs_tag)
+    except ImageNotFound:
+        _build_rootfs_image(client, rootfs_tag, console)
+    return rootfs_tag
 
 
 def _build_rootfs_image(client, rootfs_tag: str, console) -> None:

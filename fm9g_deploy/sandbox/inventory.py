@@ -32,6 +32,9 @@ def inventory_data(hosts, private_key: Path, mirror_url: str) -> dict:
             "fm9g_sandbox_container": host.name,
             "fm9g_sandbox_gateway_url": f"http://127.0.0.1:{host.gateway_port}" if host.gateway_port else None,
         }
+        if getattr(host, "engine_socket", False):
+            # Container serving mode: replicas run on this machine's engine, in the host's namespaces.
+            host_vars[f"host{host.index}"]["fm9g_serve_container_host_container"] = host.name
     return {
         "all": {
             "vars": {

@@ -53,6 +53,17 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("hostname", names, ids=names)
 
 
+#: In serve_mode container the env lives in the image and the replicas are containers: the host's
+#: env and unit checks do not apply; test_container.py checks both inside the containers.
+SYSTEMD_ONLY = ("test_env.py",)
+
+
+def pytest_runtest_setup(item):
+    if item.config.fm9g_facts.serve_mode == "container" and (
+            item.path.name in SYSTEMD_ONLY or "replica_unit" in getattr(item, "fixturenames", ())):
+        pytest.skip("serve_mode container: checked in the replica containers (container checks)")
+
+
 # -- fixtures ----------------------------------------------------------------------------------
 
 @pytest.fixture(scope="session")

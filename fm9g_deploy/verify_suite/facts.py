@@ -70,6 +70,8 @@ class DeploymentFacts:
     hosts: dict[str, HostFacts]
     #: Never shown: kept out of repr so no report or traceback prints it.
     api_key: str = field(repr=False)
+    #: "systemd" (replica units of the host's env) or "container" (containers of the serving image).
+    serve_mode: str = "systemd"
 
     @property
     def env_python(self) -> str:

@@ -1,0 +1,1 @@
+"""Serving images of a stack profile: render the build, build it offline, smoke-test, ship it."""

@@ -1,0 +1,108 @@
+"""serve_mode container on a sandbox host: the replica is a container of the CPU serving image beside
+the host (sharing its network namespace, on this machine's engine), behind the same gateway,
+idempotent, and passing the verify suite's checks.
+
+A sandbox of its own (one host with the engine socket, one replica) so the shared test sandbox
+keeps its systemd replicas. Needs the cpu image: built here unless test_image.py built it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from tests.conftest import run_cli
+from tests.integration.conftest import parse_changed
+
+SANDBOX = os.environ.get("FM9G_TEST_CONTAINER_SANDBOX", "fm9g-test-container")
+API_KEY = "fm9g-container-test-key"
+
+CONFIG = """\
+model:
+  name: tiny-random
+profile: cpu
+serving:
+  served_model_name: 9g
+  api_key: {key}
+  replicas_per_host: 1
+  serve_mode: container
+mirror:
+  url: {mirror_url}
+"""
+
+
+@pytest.fixture(scope="module")
+def container_sandbox():
+    up = run_cli("sandbox", "up", "--name", SANDBOX, "--hosts", "1", "--engine-socket", timeout=1200)
+    assert up.returncode == 0, up.stderr
+    inventory = Path(up.stdout.strip().splitlines()[-1])
+    data = yaml.safe_load(inventory.read_text())
+    (inventory.parent / "fm9g.yml").write_text(CONFIG.format(key=API_KEY, mirror_url=data["all"]["vars"]["fm9g_mirror_url"]))
+    yield inventory, data["all"]["children"]["serving"]["hosts"]["host1"]
+    if os.environ.get("FM9G_KEEP_SANDBOX") != "1":
+        down = run_cli("sandbox", "down", "--name", SANDBOX, timeout=300)
+        assert down.returncode == 0, down.stderr
+
+
+@pytest.fixture(scope="module")
+def deployed(container_sandbox):
+    inventory, host = container_sandbox
+    fetch = run_cli("artifacts", "fetch", "--profile", "cpu", "--model", "tiny-random", timeout=1800)
+    assert fetch.returncode == 0, fetch.stderr[-2000:]
+    image = run_cli("image", "build", "--profile", "cpu", "--no-smoke-test", timeout=1800)
+    assert image.returncode == 0, image.stderr[-3000:]
+    # the env lives in the image: the host needs only the model
+    provision = run_cli("provision", "-i", str(inventory), "--tags", "preflight,model", timeout=900)
+    assert provision.returncode == 0, provision.stdout[-2000:] + provision.stderr[-2000:]
+    deploy = run_cli("deploy", "-i", str(inventory), timeout=1800)
+    assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-2000:]
+    return inventory, host, image.stdout.strip().splitlines()[-1]
+
+
+def test_replica_is_a_container_of_the_image_beside_the_host(deployed):
+    import docker
+
+    _, host, tag = deployed
+    client = docker.from_env()
+    replicas = client.containers.list(filters={"label": f"io.fm9g.replica-of={host['fm9g_sandbox_container']}"})
+    assert [c.name for c in replicas] == [f"{host['fm9g_sandbox_container']}-fm9g-replica-0"]
+    attrs = replicas[0].attrs
+    assert attrs["Config"]["Image"] == tag
+    assert attrs["HostConfig"]["NetworkMode"].startswith("container:")
+    assert attrs["HostConfig"]["IpcMode"] == "host"
+    assert attrs["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
+    assert {m["Destination"]: m["RW"] for m in attrs["Mounts"]} == {"/model": False, "/run/secrets/fm9g_api_key": False}
+    assert API_KEY not in str(attrs["Config"]) and API_KEY not in " ".join(attrs["Args"])
+
+
+def test_gateway_serves_the_container_replica(deployed):
+    _, host, _ = deployed
+    url = host["fm9g_sandbox_gateway_url"]
+    models = httpx.get(f"{url}/v1/models", headers={"Authorization": f"Bearer {API_KEY}"}, timeout=30)
+    assert models.status_code == 200 and [m["id"] for m in models.json()["data"]] == ["9g"]
+    answer = httpx.post(f"{url}/v1/completions", headers={"Authorization": f"Bearer {API_KEY}"}, timeout=120,
+                        json={"model": "9g", "prompt": "Hello", "max_tokens": 4})
+    assert answer.status_code == 200 and answer.json()["choices"][0]["text"]
+    assert httpx.get(f"{url}/v1/models", timeout=30).status_code == 401
+
+
+def test_second_deploy_changes_nothing(deployed):
+    inventory, _, _ = deployed
+    again = run_cli("deploy", "-i", str(inventory), timeout=900)
+    assert again.returncode == 0, again.stdout[-2000:]
+    assert parse_changed(again.stdout) == {"host1": 0}
+
+
+def test_verify_passes_with_the_container_checks(deployed):
+    inventory, _, _ = deployed
+    result = run_cli("verify", "-i", str(inventory), timeout=900)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert "container running" in result.stdout and "FAIL" not in result.stdout
+    assert re.search(r"\b\d+ passed, 0 failed", result.stdout)
+    # the host's own env and units do not apply (the env is in the image, the replica a container)
+    assert "serve_mode container:" in result.stdout

@@ -1,0 +1,121 @@
+"""The image's entry point starts vLLM exactly as the systemd replica unit does, and takes the API
+key from a mounted file or the environment, never from its command line."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+from pathlib import Path
+
+import jinja2
+import pytest
+import yaml
+
+from fm9g_deploy.image.render import CONTEXT_SOURCE
+from fm9g_deploy.profiles import load_profile
+from tests.conftest import PROJECT_ROOT
+
+ENTRYPOINT = CONTEXT_SOURCE / "entrypoint.sh"
+SERVE_ROLE = PROJECT_ROOT / "roles" / "fm9g_serve"
+REPLICA = {"index": 0, "port": 8100, "tensor_parallel_size": 2, "gpus": [0, 1],
+           "gpu_memory_utilization": 0.85, "max_model_len": 4096}
+
+
+def render_role_template(name: str, **overrides) -> str:
+    """A fm9g_serve template as Ansible renders it (role defaults, then overrides)."""
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(SERVE_ROLE / "templates"), keep_trailing_newline=True,
+                             trim_blocks=True)
+    env.filters["comment"] = lambda text: f"# {text}"
+    values = yaml.safe_load((SERVE_ROLE / "defaults" / "main.yml").read_text())
+    values.update({"ansible_managed": "managed", "_fm9g_serve_replica": REPLICA, **overrides})
+    return env.get_template(name).render(**values)
+
+
+def systemd_argv(**overrides) -> tuple[list[str], dict[str, str]]:
+    """The unit's ExecStart with its ${FM9G_*} filled from the replica's environment file."""
+    unit = render_role_template("fm9g-replica@.service.j2", **overrides)
+    environment = dict(line.split("=", 1) for line in render_role_template("replica.env.j2", **overrides).splitlines()
+                       if line and not line.startswith("#"))
+    exec_start = re.search(r"^ExecStart=(.*?)(?<!\\)\n", unit.replace("\\\n", " "), re.M | re.S).group(1)
+    filled = re.sub(r"\$\{(\w+)\}", lambda m: environment[m.group(1)], exec_start)
+    return shlex.split(filled), environment
+
+
+def entrypoint(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(ENTRYPOINT), *args], capture_output=True, text=True, timeout=30,
+                          env={"PATH": os.environ["PATH"], **env})
+
+
+@pytest.mark.parametrize("accelerator,profile", [("cpu", "cpu"), ("cuda", "cuda121")])
+def test_entrypoint_runs_the_same_command_as_the_systemd_unit(accelerator, profile):
+    extra = list(load_profile(profile).vllm_args)
+    settings = {"fm9g_serve_python": "/opt/fm9g/envs/x/bin/python", "fm9g_serve_model_dir": "/model",
+                "fm9g_serve_served_model_name": "9g", "fm9g_serve_extra_args": extra,
+                "fm9g_serve_accelerator": accelerator}
+    expected, environment = systemd_argv(**settings)
+    result = entrypoint("--print-argv", env={
+        "FM9G_PYTHON": settings["fm9g_serve_python"], "FM9G_HOST": "127.0.0.1", "FM9G_MODEL_DIR": "/model",
+        "FM9G_SERVED_MODEL_NAME": "9g", "FM9G_EXTRA_ARGS": " ".join(extra),
+        **{k: v for k, v in environment.items() if k.startswith("FM9G_")},
+    })
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == expected
+    assert "--enforce-eager" in expected if profile == "cpu" else "--enforce-eager" not in expected
+
+
+def test_image_defaults_give_the_guides_launch_line():
+    dockerfile = (CONTEXT_SOURCE / "Dockerfile").read_text()
+    env_block = re.search(r"^ENV (FM9G_PYTHON=.*?)\n\n", dockerfile, re.M | re.S).group(1)
+    defaults = dict(re.findall(r"(\w+)=(\S*)", env_block.replace("\\\n", " ")))
+    defaults = {k: v.strip('"') for k, v in defaults.items() if k.startswith("FM9G_")}
+    defaults.update(FM9G_PYTHON="python", FM9G_EXTRA_ARGS="")
+    argv = entrypoint("--print-argv", env=defaults).stdout.splitlines()
+    joined = " ".join(argv)
+    for part in ("--tokenizer-mode auto", "--dtype auto", "--trust-remote-code", "--served-model-name 9g",
+                 "--gpu-memory-utilization 0.9", "--port 8020", "--tensor-parallel-size 1", "--model /model"):
+        assert part in joined
+    assert "--max-model-len" not in argv  # unset: vLLM takes the model's own
+
+
+@pytest.fixture
+def fake_python(tmp_path) -> Path:
+    """Stands in for the env's python (no vLLM here): prints its arguments and the key it got."""
+    script = tmp_path / "python"
+    script.write_text('#!/bin/bash\necho "ARGS $*"\necho "KEY ${VLLM_API_KEY:-}"\n'
+                      'echo "KV ${VLLM_CPU_KVCACHE_SPACE:-unset}"\n')
+    script.chmod(0o755)
+    return script
+
+
+@pytest.mark.parametrize("content", ["s3cret-key\n", "# managed\nVLLM_API_KEY=s3cret-key\n"])
+def test_key_comes_from_the_mounted_file_and_never_from_argv(fake_python, tmp_path, content):
+    key_file = tmp_path / "key"
+    key_file.write_text(content)
+    result = entrypoint(env={"FM9G_PYTHON": str(fake_python), "FM9G_API_KEY_FILE": str(key_file),
+                             "FM9G_ACCELERATOR": "cpu", "FM9G_CPU_KVCACHE_SPACE_GIB": "2"})
+    assert result.returncode == 0, result.stderr
+    assert "KEY s3cret-key" in result.stdout
+    args_line = next(line for line in result.stdout.splitlines() if line.startswith("ARGS"))
+    assert "s3cret" not in args_line and "--api-key" not in args_line
+    assert "KV 2" in result.stdout
+
+
+def test_key_from_the_environment_wins_and_gpu_images_get_no_cpu_kv_setting(fake_python, tmp_path):
+    result = entrypoint(env={"FM9G_PYTHON": str(fake_python), "VLLM_API_KEY": "from-env",
+                             "FM9G_API_KEY_FILE": str(tmp_path / "absent"), "FM9G_ACCELERATOR": "cuda"})
+    assert result.returncode == 0
+    assert "KEY from-env" in result.stdout and "KV unset" in result.stdout
+
+
+def test_no_key_refuses_to_start_with_the_fix(fake_python, tmp_path):
+    result = entrypoint(env={"FM9G_PYTHON": str(fake_python), "FM9G_API_KEY_FILE": str(tmp_path / "absent")})
+    assert result.returncode == 78
+    assert "no API key; mount a key file at" in result.stderr
+    assert "ARGS" not in result.stdout
+
+
+def test_extra_arguments_after_the_image_go_to_vllm(fake_python):
+    result = entrypoint("--max-num-seqs", "8", env={"FM9G_PYTHON": str(fake_python), "VLLM_API_KEY": "k"})
+    assert result.stdout.splitlines()[0].endswith("--max-num-seqs 8")
