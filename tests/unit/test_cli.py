@@ -1,5 +1,6 @@
 """The CLI's shape: --help everywhere, a light start-up, one-line errors."""
 
+import os
 import subprocess
 import sys
 
@@ -71,3 +72,18 @@ def test_bad_sandbox_name_is_refused_before_touching_docker():
 def test_version():
     result = run_cli("--version", timeout=60)
     assert result.returncode == 0 and result.stdout.startswith("fm9g-deploy ")
+
+
+def test_closed_stdout_is_not_a_traceback():
+    """`fm9g-deploy plan ... | head` must end quietly when the reader goes away."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first write: every write gets EPIPE
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "fm9g_deploy", "plan", "--model", "fm9g-4b", "--gpus", "1x40GiB"],
+            stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60,
+        )
+    finally:
+        os.close(write_end)
+    assert "Traceback" not in result.stderr
+    assert result.returncode == 1
