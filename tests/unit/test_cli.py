@@ -80,7 +80,7 @@ def test_closed_stdout_is_not_a_traceback():
     os.close(read_end)  # the reader is gone before the first write: every write gets EPIPE
     try:
         result = subprocess.run(
-            [sys.executable, "-m", "fm9g_deploy", "plan", "--model", "fm9g-4b", "--gpus", "1x40GiB"],
+            [sys.executable, "-m", "fm9g_deploy", "plan", "--model", "fm9g-70b", "--gpus", "8x80GiB", "--json"],
             stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60,
         )
     finally:
