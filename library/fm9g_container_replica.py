@@ -9,13 +9,15 @@ module: fm9g_container_replica
 short_description: Run an FM9G vLLM replica as a container of the serving image
 description:
   - C(state=query) reports whether the replica container runs with exactly the wanted settings
-    (its fingerprint label: the docker run argv, the image id and C(revision)). Changes nothing.
+    (its fingerprint label holds the docker run argv, the image id and C(revision)). Changes nothing.
   - C(state=started) removes a container whose fingerprint differs (after a graceful stop) and
     runs a new one; a matching running container is left alone.
   - C(state=absent) stops (SIGTERM, then C(stop_timeout)) and removes it.
+  - C(state=stopped) stops it and keeps it (its logs stay; with restart policy C(unless-stopped) it
+    stays stopped across engine restarts). A later C(started) replaces it.
   - The API key is a read-only mounted file (C(key_source)), never an environment variable.
 options:
-  state: {type: str, choices: [query, started, absent], default: started, description: What to do.}
+  state: {type: str, choices: [query, started, stopped, absent], default: started, description: What to do.}
   docker: {type: str, default: docker, description: The Docker CLI.}
   name: {type: str, required: true, description: Container name.}
   image: {type: str, description: Serving image reference (required unless absent).}
@@ -59,7 +61,7 @@ def remove(module, docker, name, stop_timeout):
 def main():
     module = AnsibleModule(
         argument_spec={
-            "state": {"type": "str", "choices": ["query", "started", "absent"], "default": "started"},
+            "state": {"type": "str", "choices": ["query", "started", "stopped", "absent"], "default": "started"},
             "docker": {"type": "str", "default": "docker"},
             "name": {"type": "str", "required": True},
             "image": {"type": "str"},
@@ -85,6 +87,13 @@ def main():
         if current is not None and not module.check_mode:
             remove(module, p["docker"], p["name"], p["stop_timeout"])
         module.exit_json(changed=current is not None)
+    if p["state"] == "stopped":
+        running = bool(current and current["running"])
+        if running and not module.check_mode:
+            rc, _, err = module.run_command([p["docker"], "stop", "--time", str(p["stop_timeout"]), p["name"]])
+            if rc != 0:
+                module.fail_json(msg="stopping %s failed: %s" % (p["name"], err.strip()[-300:]))
+        module.exit_json(changed=running)
     try:
         argv = run_argv(p["docker"], p["name"], p["image"], p["index"], p["owner"], p["settings"], p["gpus"],
                         p["network"], p["model_source"], p["key_source"], p["restart"], p["stop_timeout"])
