@@ -9,7 +9,7 @@ module: fm9g_replica_status
 short_description: Report the FM9G replicas on a host
 description:
   - Reads the replica settings in C(config_dir) (C(replica-N.env)), asks systemd for each unit's
-    state, and asks each replica on loopback for C(/v1/models) with the key from C(api-key.env),
+    state (Docker for each container's, in container mode), and asks each replica on loopback for C(/v1/models) with the key from C(api-key.env),
     which the module reads on the host, so the key never travels through Ansible.
   - Changes nothing; supports check mode.
 options:
@@ -21,24 +21,47 @@ options:
     description: Seconds to wait for each replica's answer.
     type: float
     default: 5
+  serve_mode:
+    description: C(systemd) (a unit per replica) or C(container) (a container per replica).
+    type: str
+    choices: [systemd, container]
+    default: systemd
+  container_cli:
+    description: The Docker CLI, in container mode.
+    type: str
+    default: docker
+  container_prefix:
+    description: Prefix of the replica containers' names (the host's own container name and a dash, in the sandbox).
+    type: str
+    default: ""
 author: fm9g-deploy
 """
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.fm9g_replicas import (
-    UNIT, api_key, read_env_file, replica_env_paths, replica_index, served_models, unit_properties, uptime_seconds,
+    UNIT, api_key, container_properties, read_env_file, replica_env_paths, replica_index, served_models,
+    unit_properties, uptime_seconds,
 )
+from ansible.module_utils.fm9g_container import container_name
 
 
-def replica_status(module, path, key, timeout):
+def replica_status(module, path, key):
+    p = module.params
     index = replica_index(path)
     settings = read_env_file(path)
     port = int(settings.get("FM9G_PORT", 0))
-    unit = unit_properties(module.run_command, index)
-    models, problem = served_models(port, key, timeout) if port else ([], "no port")
+    if p["serve_mode"] == "container":
+        name = container_name(p["container_prefix"], index)
+        unit = container_properties(module.run_command, p["container_cli"], name)
+        uptime = unit["uptime_s"]
+    else:
+        name = UNIT.format(index=index)
+        unit = unit_properties(module.run_command, index)
+        uptime = uptime_seconds(unit)
+    models, problem = served_models(port, key, p["timeout"]) if port else ([], "no port")
     return {
         "index": index,
-        "unit": UNIT.format(index=index),
+        "unit": name,
         "port": port,
         "tensor_parallel_size": int(settings.get("FM9G_TENSOR_PARALLEL_SIZE", 1)),
         "gpus": settings.get("CUDA_VISIBLE_DEVICES", ""),
@@ -48,7 +71,7 @@ def replica_status(module, path, key, timeout):
         "enabled": unit.get("UnitFileState", "unknown"),
         "restarts": int(unit.get("NRestarts") or 0),
         "main_pid": int(unit.get("MainPID") or 0),
-        "uptime_s": uptime_seconds(unit),
+        "uptime_s": uptime,
         "models": models,
         "ready": bool(models),
         "problem": problem,
@@ -58,12 +81,15 @@ def replica_status(module, path, key, timeout):
 def main():
     module = AnsibleModule(
         argument_spec={"config_dir": {"type": "path", "default": "/etc/fm9g"},
-                       "timeout": {"type": "float", "default": 5.0}},
+                       "timeout": {"type": "float", "default": 5.0},
+                       "serve_mode": {"type": "str", "choices": ["systemd", "container"], "default": "systemd"},
+                       "container_cli": {"type": "str", "default": "docker"},
+                       "container_prefix": {"type": "str", "default": ""}},
         supports_check_mode=True,
     )
     config_dir = module.params["config_dir"]
     key = api_key(config_dir)
-    replicas = [replica_status(module, path, key, module.params["timeout"]) for path in replica_env_paths(config_dir)]
+    replicas = [replica_status(module, path, key) for path in replica_env_paths(config_dir)]
     module.exit_json(changed=False, replicas=replicas)
 
 

@@ -4,6 +4,7 @@ Runs on the host (stdlib only). The API key is read from the root-only env file 
 host, so it never travels through Ansible.
 """
 
+import calendar
 import glob
 import json
 import os
@@ -44,6 +45,32 @@ def replica_index(path):
 def unit_properties(run_command, index):
     rc, out, _ = run_command(["systemctl", "show", UNIT.format(index=index), "--property=" + ",".join(PROPERTIES)])
     return dict(line.split("=", 1) for line in out.splitlines() if "=" in line) if rc == 0 else {}
+
+
+def container_properties(run_command, docker, name):
+    """The replica container's state in the unit's terms (ActiveState, SubState, restarts, uptime)."""
+    rc, out, _ = run_command([docker, "container", "inspect", name])
+    if rc != 0:
+        return {"ActiveState": "inactive", "SubState": "absent", "UnitFileState": "absent"}
+    data = json.loads(out)[0]
+    state = data.get("State") or {}
+    return {
+        "ActiveState": "active" if state.get("Running") else "inactive",
+        "SubState": state.get("Status", "unknown"),
+        "UnitFileState": "restart=" + ((data.get("HostConfig") or {}).get("RestartPolicy") or {}).get("Name", ""),
+        "NRestarts": data.get("RestartCount", 0),
+        "MainPID": state.get("Pid", 0),
+        "uptime_s": _seconds_since(state.get("StartedAt", "")) if state.get("Running") else None,
+    }
+
+
+def _seconds_since(timestamp):
+    """Seconds since Docker's RFC 3339 timestamp (nanosecond fraction, Z)."""
+    match = re.match(r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)", timestamp or "")
+    if not match:
+        return None
+    started = calendar.timegm(tuple(int(part) for part in match.groups()) + (0, 0, 0))
+    return max(0, round(time.time() - started))
 
 
 def uptime_seconds(values):

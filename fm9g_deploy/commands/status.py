@@ -10,7 +10,7 @@ from fm9g_deploy.commands.common import add_inventory_args
 def register(subparsers) -> None:
     status = subparsers.add_parser(
         "status", help="show each host's replicas: unit state, ready, model, TP, port, uptime",
-        description="Ask every serving host for its replicas: the systemd unit's state, whether the "
+        description="Ask every serving host for its replicas: the systemd unit's (or container's) state, whether the "
                     "replica answers /v1/models with the served name (a real request), the model "
                     "release, the profile, TP, port and uptime. Changes nothing.")
     add_inventory_args(status)
@@ -20,8 +20,9 @@ def register(subparsers) -> None:
 
     stop = subparsers.add_parser(
         "stop", help="stop every replica cleanly (they finish running requests)",
-        description="Stop and disable every replica unit on the serving hosts. vLLM receives SIGTERM "
-                    "and finishes running requests first. `deploy` starts them again.")
+        description="Stop every replica on the serving hosts: units are stopped and disabled, "
+                    "containers (serve_mode container) stopped and kept for their logs. vLLM receives "
+                    "SIGTERM and finishes running requests first. `deploy` starts them again.")
     add_inventory_args(stop)
     stop.add_argument("--limit", metavar="PATTERN", help="only these hosts (Ansible host pattern)")
     stop.add_argument("--check", action="store_true", help="report what would stop; stop nothing")
@@ -45,6 +46,7 @@ def collect_status(inventory, config, limit=None) -> dict:
             "fm9g_status_dir": folder,
             "fm9g_status_model_current": layout.model_current(config),
             "fm9g_status_env_prefix": layout.env_prefix(profile.env.name),
+            "fm9g_status_serve_mode": config.serving.serve_mode,
         })
         reports = {path.stem: json.loads(path.read_text()) for path in sorted(Path(folder).glob("*.json"))}
     if not result.ok and not reports:
@@ -92,8 +94,10 @@ def _all_ready(reports: dict) -> bool:
 
 def run_stop(args: argparse.Namespace) -> int:
     from fm9g_deploy.ansible import print_summary, run_playbook
-    from fm9g_deploy.commands.common import inventory_path
+    from fm9g_deploy.commands.common import config_for, inventory_path
 
-    result = run_playbook("stop.yml", inventory_path(args), limit=args.limit, check=args.check)
+    config = config_for(args)
+    result = run_playbook("stop.yml", inventory_path(args), limit=args.limit, check=args.check,
+                          extra_vars={"fm9g_stop_serve_mode": config.serving.serve_mode})
     print_summary(result, "stop (check mode)" if args.check else "stop")
     return 0

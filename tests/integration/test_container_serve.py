@@ -106,3 +106,38 @@ def test_verify_passes_with_the_container_checks(deployed):
     assert re.search(r"\b\d+ passed, 0 failed", result.stdout)
     # the host's own env and units do not apply (the env is in the image, the replica a container)
     assert "serve_mode container:" in result.stdout
+
+
+def test_status_reports_the_container_replica(deployed):
+    import json
+
+    inventory, host, _ = deployed
+    result = run_cli("status", "-i", str(inventory), "--json", timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    [replica] = json.loads(result.stdout)["host1"]["replicas"]
+    assert replica["unit"] == f"{host['fm9g_sandbox_container']}-fm9g-replica-0"
+    assert (replica["active_state"], replica["sub_state"], replica["ready"]) == ("active", "running", True)
+    assert replica["enabled"] == "restart=unless-stopped" and replica["uptime_s"] >= 0
+
+
+def test_stop_keeps_the_container_stopped_until_deploy(deployed):
+    import json
+
+    import docker
+
+    inventory, host, _ = deployed
+    name = f"{host['fm9g_sandbox_container']}-fm9g-replica-0"
+    stop = run_cli("stop", "-i", str(inventory), timeout=600)
+    assert stop.returncode == 0, stop.stdout[-2000:] + stop.stderr[-2000:]
+    assert parse_changed(stop.stdout) == {"host1": 1}
+    container = docker.from_env().containers.get(name)  # kept, for its logs
+    assert container.status == "exited"
+    status = run_cli("status", "-i", str(inventory), "--json", timeout=300)
+    assert status.returncode == 1
+    [replica] = json.loads(status.stdout)["host1"]["replicas"]
+    assert (replica["active_state"], replica["ready"]) == ("inactive", False)
+
+    deploy = run_cli("deploy", "-i", str(inventory), timeout=1800)
+    assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-2000:]
+    assert docker.from_env().containers.get(name).status == "running"
+    assert run_cli("status", "-i", str(inventory), timeout=300).returncode == 0

@@ -171,6 +171,44 @@ def test_killed_replica_is_restarted_while_the_gateway_keeps_answering(deployed_
     assert load.report.failures == []
 
 
+
+def _status(inventory) -> tuple[int, dict]:
+    import json
+
+    result = run_cli("status", "-i", str(inventory), "--json", timeout=300)
+    return result.returncode, json.loads(result.stdout)
+
+
+def test_stop_then_deploy_brings_every_replica_back_on_the_current_config(deployed_sandbox, sandbox_hosts):
+    """`stop` stops and disables every unit; `deploy` starts them again, and puts host1 (left on
+    the rolling test's kvcache setting) back on the config file's."""
+    inventory, gateways = deployed_sandbox
+    check = run_cli("stop", "-i", str(inventory), "--check", timeout=300)
+    assert check.returncode == 0, check.stdout[-2000:] + check.stderr[-2000:]
+    assert parse_changed(check.stdout) == {"host1": 2, "host2": 2}
+    assert sandbox_hosts["host2"].service("fm9g-replica@0").is_running, "--check stopped a replica"
+
+    stop = run_cli("stop", "-i", str(inventory), timeout=600)
+    assert stop.returncode == 0, stop.stdout[-2000:] + stop.stderr[-2000:]
+    for name in HOSTS:
+        for index in (0, 1):
+            unit = sandbox_hosts[name].service(f"fm9g-replica@{index}")
+            assert not unit.is_running and not unit.is_enabled, (name, index)
+    rc, report = _status(inventory)
+    assert rc == 1
+    assert {(h, r["index"], r["active_state"], r["ready"]) for h in HOSTS for r in report[h]["replicas"]} == \
+        {(h, i, "inactive", False) for h in HOSTS for i in (0, 1)}
+    assert httpx.get(f"{gateways['host2']}/v1/models", headers={"Authorization": f"Bearer {KEY}"},
+                     timeout=30).status_code >= 500
+
+    deploy = run_cli("deploy", "-i", str(inventory), timeout=1800)
+    assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-2000:]
+    rc, report = _status(inventory)
+    assert rc == 0, report
+    assert all(r["ready"] and r["enabled"] == "enabled" for h in HOSTS for r in report[h]["replicas"])
+    assert sandbox_hosts["host1"].file("/etc/fm9g/replica-0.env").contains("VLLM_CPU_KVCACHE_SPACE=1")
+
+
 def _mirror(inventory) -> str:
     import yaml
 

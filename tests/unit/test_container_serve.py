@@ -133,3 +133,15 @@ def test_sandbox_hosts_with_the_engine_socket_name_themselves_to_the_role(tmp_pa
     data = inventory_data(hosts, tmp_path / "key", "http://sb-mirror:8080")["all"]["children"]["serving"]["hosts"]
     assert data["host1"]["fm9g_serve_container_host_container"] == "sb-host1"
     assert "fm9g_serve_container_host_container" not in data["host2"]
+
+
+def test_docker_start_time_gives_the_container_replicas_uptime():
+    spec = importlib.util.spec_from_file_location("fm9g_replicas", PROJECT_ROOT / "module_utils" / "fm9g_replicas.py")
+    replicas = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(replicas)
+    import time
+
+    started = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() - 90)) + ".123456789Z"
+    assert 89 <= replicas._seconds_since(started) <= 91
+    assert replicas._seconds_since("0001-01-01T00:00:00Z") > 10**10  # Docker's "never started"
+    assert replicas._seconds_since("") is None
