@@ -172,6 +172,22 @@ def test_killed_replica_is_restarted_while_the_gateway_keeps_answering(deployed_
 
 
 
+
+def test_gateway_reloads_drop_no_request(deployed_sandbox, sandbox_hosts):
+    """Every rolling step reloads nginx; a reload closes idle client keep-alive connections, and a
+    request sent on one at that moment would be lost (seen: 6 of 4609 over 40 reloads with
+    keep-alive on). The gateway closes after each response, so none is."""
+    _, gateways = deployed_sandbox
+    host = sandbox_hosts["host2"]
+    with SteadyLoad(gateways["host2"], KEY, workers=4, max_seconds=300) as load:
+        for _ in range(30):
+            with host.sudo():
+                assert host.run("nginx -s reload").rc == 0
+            time.sleep(0.5)
+    assert load.report.ok >= 100, load.report
+    assert load.report.failures == []
+
+
 def _status(inventory) -> tuple[int, dict]:
     import json
 
@@ -185,7 +201,7 @@ def test_stop_then_deploy_brings_every_replica_back_on_the_current_config(deploy
     inventory, gateways = deployed_sandbox
     check = run_cli("stop", "-i", str(inventory), "--check", timeout=300)
     assert check.returncode == 0, check.stdout[-2000:] + check.stderr[-2000:]
-    assert parse_changed(check.stdout) == {"host1": 2, "host2": 2}
+    assert parse_changed(check.stdout) == {"host1": 1, "host2": 1}  # one task, a loop over the units
     assert sandbox_hosts["host2"].service("fm9g-replica@0").is_running, "--check stopped a replica"
 
     stop = run_cli("stop", "-i", str(inventory), timeout=600)
