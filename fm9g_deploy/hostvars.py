@@ -86,13 +86,16 @@ def provision_vars(stack: Stack) -> dict[str, Any]:
     config, profile, lock = stack.config, stack.profile, stack.lock
     pin = stack.model_pin()
     published = f"{stack.mirror_url}/{stack.published_path}"
-    wheel_bytes = sum(a.size or 0 for a in lock.python_files(stack.set_name))
+    # In serve_mode container the env lives in the serving image: hosts get the model only.
+    with_env = config.serving.serve_mode == "systemd"
+    wheel_bytes = sum(a.size or 0 for a in lock.python_files(stack.set_name)) if with_env else 0
     required = (wheel_bytes * ENV_UNPACK_FACTOR + 2 * (pin.get("size") or 0)) / GIB
     values: dict[str, Any] = {
         "fm9g_preflight_install_root": layout.INSTALL_ROOT,
         "fm9g_preflight_required_gib": round(max(required, 1.0), 1),
         "fm9g_preflight_accelerator": profile.accelerator,
         "fm9g_preflight_cuda_version": profile.cuda_version or "",
+        "fm9g_provision_env": with_env,
         "fm9g_python_env_manager": profile.env.manager,
         "fm9g_python_env_prefix": layout.env_prefix(profile.env.name),
         "fm9g_python_env_python": profile.env.python,

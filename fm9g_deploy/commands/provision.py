@@ -31,7 +31,10 @@ def run(args: argparse.Namespace) -> int:
     from fm9g_deploy.hostvars import load_stack, provision_vars
 
     inventory = inventory_path(args)
-    stack = load_stack(config_for(args))
+    config = config_for(args)
+    stack = load_stack(config)
+    if config.serving.serve_mode == "container":
+        print("serve_mode container: the Python env lives in the serving image; hosts get the model only")
     result = run_playbook("provision.yml", inventory, extra_vars=provision_vars(stack), check=args.check,
                           diff=args.diff, limit=args.limit, tags=args.tags, verbose=args.verbose)
     print_summary(result, "provision (check mode)" if args.check else "provision")

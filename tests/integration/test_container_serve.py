@@ -56,9 +56,10 @@ def deployed(container_sandbox):
     assert fetch.returncode == 0, fetch.stderr[-2000:]
     image = run_cli("image", "build", "--profile", "cpu", "--no-smoke-test", timeout=1800)
     assert image.returncode == 0, image.stderr[-3000:]
-    # the env lives in the image: the host needs only the model
-    provision = run_cli("provision", "-i", str(inventory), "--tags", "preflight,model", timeout=900)
+    # the env lives in the image: provision gives the host only the model
+    provision = run_cli("provision", "-i", str(inventory), timeout=900)
     assert provision.returncode == 0, provision.stdout[-2000:] + provision.stderr[-2000:]
+    assert "hosts get the model only" in provision.stdout
     deploy = run_cli("deploy", "-i", str(inventory), timeout=1800)
     assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-2000:]
     return inventory, host, image.stdout.strip().splitlines()[-1]
@@ -78,6 +79,15 @@ def test_replica_is_a_container_of_the_image_beside_the_host(deployed):
     assert attrs["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
     assert {m["Destination"]: m["RW"] for m in attrs["Mounts"]} == {"/model": False, "/run/secrets/fm9g_api_key": False}
     assert API_KEY not in str(attrs["Config"]) and API_KEY not in " ".join(attrs["Args"])
+
+
+def test_provision_gave_the_host_the_model_and_no_env(deployed):
+    import docker
+
+    _, host, _ = deployed
+    container = docker.from_env().containers.get(host["fm9g_sandbox_container"])
+    assert container.exec_run(["test", "-e", "/opt/fm9g/envs"]).exit_code != 0
+    assert container.exec_run(["test", "-f", "/opt/fm9g/models/tiny-random/current/config.json"]).exit_code == 0
 
 
 def test_gateway_serves_the_container_replica(deployed):
