@@ -46,7 +46,7 @@ def collect_status(inventory, config, limit=None) -> dict:
             "fm9g_status_dir": folder,
             "fm9g_status_model_current": layout.model_current(config),
             "fm9g_status_env_prefix": layout.env_prefix(profile.env.name),
-            "fm9g_status_serve_mode": config.serving.serve_mode,
+            "fm9g_serve_mode": config.serving.serve_mode,
         })
         reports = {path.stem: json.loads(path.read_text()) for path in sorted(Path(folder).glob("*.json"))}
     if not result.ok and not reports:
@@ -98,6 +98,6 @@ def run_stop(args: argparse.Namespace) -> int:
 
     config = config_for(args)
     result = run_playbook("stop.yml", inventory_path(args), limit=args.limit, check=args.check,
-                          extra_vars={"fm9g_stop_serve_mode": config.serving.serve_mode})
+                          extra_vars={"fm9g_serve_mode": config.serving.serve_mode})
     print_summary(result, "stop (check mode)" if args.check else "stop")
     return 0

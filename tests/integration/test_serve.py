@@ -171,8 +171,6 @@ def test_killed_replica_is_restarted_while_the_gateway_keeps_answering(deployed_
     assert load.report.failures == []
 
 
-
-
 def test_gateway_reloads_drop_no_request(deployed_sandbox, sandbox_hosts):
     """Every rolling step reloads nginx; a reload closes idle client keep-alive connections, and a
     request sent on one at that moment would be lost (seen: 6 of 4609 over 40 reloads with
