@@ -1,0 +1,390 @@
+#!/usr/bin/env python3
+"""Supervise one vLLM OpenAI API server (one fm9g replica) and guarantee recovery.
+
+Why this exists: when vLLM's engine process dies (kill -9 of EngineCore or a worker,
+an OOM kill, SIGILL, a crash at start) the API server process often EXITS WITH STATUS 0,
+so systemd's Restart=on-failure (and docker's on-failure policy) never restarts it.
+In other cases the API server stays up but answers HTTP 503 on /health forever.
+
+This supervisor runs vLLM as its child in a new session, treats every exit it did not
+ask for as a crash (status 0 included), watches /health once the child has served,
+kills the child's whole process group so orphaned engine workers free ports and GPU
+memory, restarts with exponential backoff, and gives up (exit --give-up-exit-code)
+on a crash loop. Its state (and crash history, which survives the supervisor being
+restarted) lives in a small JSON file. Standard library only; Python 3.8+.
+
+Usage: fm9g_replica_supervisor.py --state-file PATH --port PORT [options] -- VLLM_ARGV...
+"""
+
+import argparse
+import collections
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+
+PREFIX = "fm9g-supervisor: "
+MAX_CRASHES_KEPT = 20
+TAIL_LINES = 60
+CAUSE_MAX = 300
+WATCHDOG_KILL_WAIT = 10.0
+TICK = 0.1
+TELLING = re.compile(r"died unexpectedly|Illegal instruction|SIGILL|EngineDeadError|OutOfMemory"
+                     r"|out of memory|CUDA error|Killed")
+ERRORISH = re.compile(r"\b[A-Za-z_][\w.]*(Error|Exception)\b")
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def log(message):
+    sys.stderr.write(PREFIX + message + "\n")
+    sys.stderr.flush()
+
+
+# ---------------------------------------------------------------- command line
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        log("usage error: " + message)
+        sys.exit(2)
+
+
+def _number(kind, minimum, strict=False):
+    def convert(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError("not a number: %r" % text)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise argparse.ArgumentTypeError("not a finite number: %r" % text)
+        if value < minimum or (strict and value == minimum):
+            raise argparse.ArgumentTypeError("%r must be %s %s" % (text, ">" if strict else ">=", minimum))
+        return value
+    return convert
+
+
+def parse_args(argv):
+    if "--" not in argv:
+        _Parser().error("expected '-- VLLM_ARGV...' after the options")
+    split = argv.index("--")
+    options, child_argv = argv[:split], argv[split + 1:]
+    p = _Parser(prog="fm9g_replica_supervisor.py", allow_abbrev=False,
+                description="Run vLLM as a child and restart it whenever it ends unasked.")
+    p.add_argument("--state-file", required=True)
+    p.add_argument("--port", required=True, type=_number(int, 1))
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--health-path", default="/health")
+    p.add_argument("--health-interval", type=_number(float, 0, strict=True), default=5.0)
+    p.add_argument("--health-failures", type=_number(int, 1), default=3)
+    p.add_argument("--health-timeout", type=_number(float, 0, strict=True), default=10.0)
+    p.add_argument("--backoff-initial", type=_number(float, 0), default=5.0)
+    p.add_argument("--backoff-max", type=_number(float, 0), default=60.0)
+    p.add_argument("--crash-limit", type=_number(int, 1), default=5)
+    p.add_argument("--crash-window", type=_number(float, 0, strict=True), default=600.0)
+    p.add_argument("--give-up-exit-code", type=_number(int, 0), default=3)
+    p.add_argument("--stop-timeout", type=_number(float, 0), default=60.0)
+    opts = p.parse_args(options)
+    if not child_argv:
+        p.error("no vLLM command after '--'")
+    if opts.port > 65535 or opts.give_up_exit_code > 255:
+        p.error("--port must be <= 65535 and --give-up-exit-code <= 255")
+    return opts, child_argv
+
+
+# ---------------------------------------------------------------- pure helpers
+
+def backoff_delay(crashes_in_window, initial, maximum):
+    return min(initial * 2 ** max(crashes_in_window - 1, 0), maximum)
+
+
+def prune(crashes, now, window):
+    return [c for c in crashes if now - c["at"] <= window][-MAX_CRASHES_KEPT:]
+
+
+def describe_exit(returncode, asked_to_stop=False):
+    if returncode < 0:
+        try:
+            return "killed by " + signal.Signals(-returncode).name
+        except ValueError:
+            return "killed by signal %d" % -returncode
+    if returncode == 0 and not asked_to_stop:
+        return "exited 0 without being asked to stop"
+    return "exited %d" % returncode
+
+
+def telling_line(lines):
+    """The recent output line that best explains a crash, or None."""
+    cleaned = [ANSI.sub("", line).strip() for line in lines]
+    for pattern in (TELLING, ERRORISH):
+        for line in reversed(cleaned):
+            if line and pattern.search(line):
+                return line
+    return None
+
+
+def crash_cause(exit_desc, lines):
+    line = telling_line(lines)
+    cause = exit_desc + ": " + line if line else exit_desc
+    return cause[:CAUSE_MAX]
+
+
+# ---------------------------------------------------------------- state file
+
+class StateFile:
+    def __init__(self, path):
+        self.path = os.path.abspath(path)
+        self.data = self._load()
+
+    def _load(self):
+        fresh = {"state": "starting", "pid": None, "started_at": None, "serving_since": None,
+                 "restarts": 0, "crashes": [], "last_cause": None, "last_exit": None,
+                 "next_start_at": None}
+        if not os.path.exists(self.path):
+            return fresh
+        try:
+            with open(self.path) as f:
+                old = json.load(f)
+            crashes = [{"at": float(c["at"]), "cause": str(c.get("cause", "")), "exit": str(c.get("exit", ""))}
+                       for c in old.get("crashes", [])]
+            restarts = int(old.get("restarts", 0))
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            log("warning: ignoring unreadable state file %s (%s); starting fresh" % (self.path, exc))
+            return fresh
+        fresh.update(restarts=restarts, crashes=crashes,
+                     last_cause=old.get("last_cause"), last_exit=old.get("last_exit"))
+        return fresh
+
+    def write(self, **changes):
+        self.data.update(changes)
+        self.data["supervisor_pid"] = os.getpid()
+        self.data["updated_at"] = time.time()
+        folder = os.path.dirname(self.path)
+        tmp = None
+        try:
+            os.makedirs(folder, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=".supervisor-state.", suffix=".tmp")
+            with os.fdopen(fd, "w") as f:
+                os.fchmod(f.fileno(), 0o644)
+                json.dump(self.data, f, indent=1, sort_keys=True)
+                f.write("\n")
+            os.replace(tmp, self.path)
+        except OSError as exc:  # supervising matters more than bookkeeping
+            log("warning: cannot write state file %s: %s" % (self.path, exc))
+            if tmp and os.path.exists(tmp):
+                os.unlink(tmp)
+
+
+# ---------------------------------------------------------------- the child
+
+class Child:
+    """One vLLM process in its own session, its output copied through and its tail kept."""
+
+    def __init__(self, argv):
+        self.proc = subprocess.Popen(argv, start_new_session=True, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.pid = self.proc.pid
+        self.tail = collections.deque(maxlen=TAIL_LINES)
+        self.reader = threading.Thread(target=self._pump, daemon=True)
+        self.reader.start()
+
+    def _pump(self):
+        out = getattr(sys.stdout, "buffer", None)
+        for raw in iter(self.proc.stdout.readline, b""):
+            self.tail.append(raw.decode("utf-8", errors="replace").rstrip("\r\n"))
+            try:
+                if out is not None:
+                    out.write(raw)
+                    out.flush()
+            except (OSError, ValueError):
+                out = None  # our stdout is gone; keep the tail anyway
+
+    def exited(self):
+        """True once the child has ended; it stays unreaped (a zombie keeps its group id ours)."""
+        if self.proc.returncode is not None:
+            return True
+        try:
+            return os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+        except (ChildProcessError, AttributeError):
+            return self.proc.poll() is not None
+
+    def wait_exit(self, timeout):
+        deadline = time.monotonic() + timeout
+        while not self.exited() and time.monotonic() < deadline:
+            time.sleep(min(TICK, max(deadline - time.monotonic(), 0)))
+        return self.exited()
+
+    def signal(self, signum):
+        if not self.exited():
+            try:
+                os.kill(self.pid, signum)
+            except ProcessLookupError:
+                pass
+
+    def finish(self):
+        """SIGKILL the whole process group (leftover engine workers), reap, return the status."""
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        returncode = self.proc.wait()
+        self.reader.join(timeout=2)
+        return returncode
+
+
+def probe(url, timeout):
+    """(healthy, description) of one GET of the health URL; proxies are never used."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=timeout) as response:
+            return response.status == 200, "HTTP %d" % response.status
+    except urllib.error.HTTPError as exc:
+        return False, "HTTP %d" % exc.code
+    except urllib.error.URLError as exc:
+        return False, str(exc.reason)
+    except Exception as exc:  # timeouts, resets, half-written responses
+        return False, str(exc) or type(exc).__name__
+
+
+# ---------------------------------------------------------------- the supervisor
+
+class Supervisor:
+    def __init__(self, opts, argv):
+        self.opts = opts
+        self.argv = argv
+        self.state = StateFile(opts.state_file)
+        self.stop = threading.Event()
+        self.stop_signal = None
+        self.child = None
+        self.url = "http://%s:%d%s" % (opts.host, opts.port, opts.health_path)
+
+    def request_stop(self, signum, _frame):
+        self.stop_signal = signal.Signals(signum).name
+        self.stop.set()
+
+    def run(self):
+        crashes = prune(self.state.data["crashes"], time.time(), self.opts.crash_window)
+        self.state.data["crashes"] = crashes
+        if len(crashes) >= self.opts.crash_limit:
+            return self.give_up(crashes[-1]["cause"])
+        first = True
+        while not self.stop.is_set():
+            if not first:
+                self.state.data["restarts"] += 1
+            first = False
+            outcome = self.run_child()
+            if outcome is None:
+                break
+            delay = self.record_crash(*outcome)
+            if delay is None:
+                return self.give_up(outcome[0])
+            log("backing off %.1fs before restart" % delay)
+            self.state.write(state="restarting", next_start_at=time.time() + delay)
+            if self.stop.wait(delay):
+                log("stopping (%s) during backoff" % self.stop_signal)
+                break
+        self.state.write(state="stopped", pid=None, started_at=None, serving_since=None, next_start_at=None)
+        log("stopped")
+        return 0
+
+    def run_child(self):
+        """Run one child to its end: None if we were asked to stop, else (cause, exit)."""
+        try:
+            child = Child(self.argv)
+        except OSError as exc:
+            return ("cannot start %s: %s" % (self.argv[0], exc))[:CAUSE_MAX], "not started"
+        self.state.write(state="starting", pid=child.pid, started_at=time.time(), serving_since=None,
+                         next_start_at=None)
+        log("started pid %d: %s" % (child.pid, " ".join(self.argv)[:200]))
+        self.child = child
+        watchdog_cause = self.watch(child)
+        if watchdog_cause is None and self.stop.is_set():
+            self.stop_child(child)
+            return None
+        returncode = child.finish()
+        self.state.write(pid=None, started_at=None, serving_since=None)
+        exit_desc = describe_exit(returncode, asked_to_stop=watchdog_cause is not None)
+        cause = watchdog_cause or crash_cause(exit_desc, list(child.tail))
+        return cause, exit_desc
+
+    def watch(self, child):
+        """Wait for the child to end or a stop; return the watchdog's cause if it killed the child."""
+        failures, serving, next_probe = 0, False, time.monotonic() + self.opts.health_interval
+        while not self.stop.wait(TICK) and not child.exited():
+            if time.monotonic() < next_probe:
+                continue
+            healthy, desc = probe(self.url, self.opts.health_timeout)
+            next_probe = time.monotonic() + self.opts.health_interval
+            if healthy:
+                failures = 0
+                if not serving:
+                    serving = True
+                    log("serving: %s answered 200" % self.url)
+                    self.state.write(state="serving", serving_since=time.time())
+            elif serving and not child.exited():
+                failures += 1
+                if failures >= self.opts.health_failures:
+                    cause = "engine dead: %s failed %d times (last: %s)" % (
+                        self.opts.health_path, failures, desc)
+                    log(cause + "; terminating pid %d" % child.pid)
+                    child.signal(signal.SIGTERM)
+                    child.wait_exit(WATCHDOG_KILL_WAIT)
+                    return cause[:CAUSE_MAX]
+        return None
+
+    def record_crash(self, cause, exit_desc):
+        """Persist a crash; return the backoff delay, or None when the crash limit is reached."""
+        now = time.time()
+        log("crash: " + cause)
+        crashes = self.state.data["crashes"] + [{"at": now, "cause": cause, "exit": exit_desc}]
+        crashes = prune(crashes, now, self.opts.crash_window)
+        self.state.write(crashes=crashes, last_cause=cause, last_exit=exit_desc)
+        if len(crashes) >= self.opts.crash_limit:
+            return None
+        return backoff_delay(len(crashes), self.opts.backoff_initial, self.opts.backoff_max)
+
+    def give_up(self, last_cause):
+        crashes = self.state.data["crashes"]
+        cause = "crash loop: %d crashes in %g s; last: %s" % (len(crashes), self.opts.crash_window, last_cause)
+        self.state.write(state="failed", pid=None, started_at=None, serving_since=None,
+                         next_start_at=None, last_cause=cause)
+        log("giving up: " + cause)
+        return self.opts.give_up_exit_code
+
+    def stop_child(self, child):
+        """Forward SIGTERM to the child alone (vLLM drains and stops its engine), then reap its group."""
+        log("stopping (%s): SIGTERM to pid %d, waiting up to %gs"
+            % (self.stop_signal, child.pid, self.opts.stop_timeout))
+        self.state.write(state="stopping", next_start_at=None)
+        child.signal(signal.SIGTERM)
+        if not child.wait_exit(self.opts.stop_timeout):
+            log("pid %d still running after %gs; killing its process group" % (child.pid, self.opts.stop_timeout))
+        returncode = child.finish()
+        self.state.write(last_exit=describe_exit(returncode, asked_to_stop=True))
+
+    def kill_leftovers(self):
+        """Last resort on an unexpected error: never leave a vLLM process group behind."""
+        if self.child is not None and self.child.proc.returncode is None:
+            self.child.finish()
+
+
+def main(argv=None):
+    opts, child_argv = parse_args(sys.argv[1:] if argv is None else argv)
+    supervisor = Supervisor(opts, child_argv)
+    signal.signal(signal.SIGTERM, supervisor.request_stop)
+    signal.signal(signal.SIGINT, supervisor.request_stop)
+    try:
+        return supervisor.run()
+    except BaseException:
+        supervisor.kill_leftovers()
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())
