@@ -138,6 +138,10 @@ def run_playbook(
 WOULD_RUN = "Would run:"
 
 
+#: Lines of a failed replica's journal shown under its failure.
+LOG_TAIL_LINES = 20
+
+
 class _ProgressReporter:
     """Turns ansible-runner events into short progress lines and collects the final stats."""
 
@@ -175,6 +179,9 @@ class _ProgressReporter:
             self.problems.append(line)
             label = "unreachable" if kind == "runner_on_unreachable" else "failed"
             self.console.print(f"      [red]{label}[/] {line}")
+            # A module that knows what the service said last (a replica's journal) returns it.
+            for log_line in (res.get("log_tail") or [])[-LOG_TAIL_LINES:]:
+                self.console.print(f"        {log_line}", style="dim", markup=False, soft_wrap=True)
         elif kind == "playbook_on_stats":
             self.stats = _collect_stats(data)
         return True

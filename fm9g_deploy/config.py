@@ -72,6 +72,13 @@ class ServingConfig(_Strict):
     max_model_len: Annotated[int, Field(ge=16)] | None = None
     #: KV-cache space in GiB for CPU hosts (vLLM's VLLM_CPU_KVCACHE_SPACE).
     cpu_kvcache_space_gib: Annotated[int, Field(ge=1, le=1024)] = 1
+    #: How long a replica leaving service (stop, rolling update) may finish its in-flight requests
+    #: after the gateway stopped sending it new ones; systemd's and Docker's stop timeouts follow it.
+    drain_timeout_s: Annotated[int, Field(ge=0, le=3600)] = 120
+    #: A replica whose engine dies comes back by itself, with a growing pause; after this many
+    #: crashes within crash_window_s it is marked failed with the reason instead.
+    crash_limit: Annotated[int, Field(ge=1, le=100)] = 5
+    crash_window_s: Annotated[int, Field(ge=10, le=86400)] = 600
 
     @field_validator("api_key")
     @classmethod

@@ -119,11 +119,19 @@ def provision_vars(stack: Stack) -> dict[str, Any]:
     return values
 
 
-def serve_vars(stack: Stack, plan, api_key: str) -> dict[str, Any]:
+def serve_vars(stack: Stack, plan, api_key: str, accept_downtime: bool = False) -> dict[str, Any]:
     config, profile = stack.config, stack.profile
     serving = config.serving
+    replicas = {host: data["fm9g_replicas"] for host, data in plan.to_ansible_vars().items()}
     return {
-        "fm9g_plan": {host: data["fm9g_replicas"] for host, data in plan.to_ansible_vars().items()},
+        "fm9g_plan": replicas,
+        "fm9g_serve_fleet_replicas": sum(len(host_replicas) for host_replicas in replicas.values()),
+        "fm9g_serve_accept_downtime": accept_downtime,
+        "fm9g_serve_drain_timeout_s": serving.drain_timeout_s,
+        "fm9g_serve_drain_flag": profile.vllm_drain_flag or "",
+        "fm9g_serve_crash_limit": serving.crash_limit,
+        "fm9g_serve_crash_window_s": serving.crash_window_s,
+        "fm9g_serve_engine_probe": profile.engine_probe,
         "fm9g_serve_python": layout.env_python(profile.env.name),
         "fm9g_serve_model_dir": layout.model_current(config),
         "fm9g_serve_served_model_name": serving.served_model_name,

@@ -111,6 +111,13 @@ class Profile(_Strict):
     system_packages: list[str] = Field(default_factory=list)
     #: Extra arguments for every vLLM server of this profile.
     vllm_args: list[str] = Field(default_factory=list)
+    #: The vLLM option that lets in-flight requests finish on SIGTERM, taking seconds
+    #: (`--shutdown-timeout`, vLLM 0.18 and later); unset where the build has none (the 0.5 fork
+    #: aborts in-flight work on SIGTERM, so the gateway's drain is all there is).
+    vllm_drain_flag: str | None = Field(None, pattern=r"^--[a-z0-9-]+$")
+    #: Run a tiny forward pass of the engine on each host in the planned dtype before serving, and
+    #: fall back to float32 when it faults (CPU builds: bf16 kernels die with SIGILL on some CPUs).
+    engine_probe: bool = False
 
     @field_validator("platform")
     @classmethod

@@ -18,18 +18,20 @@ description:
   - The API key is a read-only mounted file (C(key_source)), never an environment variable.
 options:
   state: {type: str, choices: [query, started, stopped, absent], default: started, description: What to do.}
+  spec: {type: dict, description: "The replica's options below as one dict (the role builds it once); given, the separate ones are ignored."}
   docker: {type: str, default: docker, description: The Docker CLI.}
-  name: {type: str, required: true, description: Container name.}
+  name: {type: str, description: Container name (required).}
   image: {type: str, description: Serving image reference (required unless absent).}
   image_id: {type: str, default: "", description: The image's id, part of the fingerprint.}
-  index: {type: int, required: true, description: Replica index.}
-  owner: {type: str, required: true, description: Label value naming the host that owns the replica.}
+  index: {type: int, description: Replica index (required).}
+  owner: {type: str, description: Label value naming the host that owns the replica (required).}
   settings: {type: dict, default: {}, description: FM9G_* variables of the replica.}
   gpus: {type: list, elements: int, default: [], description: GPU indexes (--gpus); none on CPU hosts.}
   network: {type: str, default: host, description: "host, or container:NAME where the host is a container."}
   model_source: {type: path, description: Model directory on the engine's filesystem (mounted read-only).}
   key_source: {type: path, description: Key file on the engine's filesystem (mounted read-only).}
-  restart: {type: str, default: unless-stopped, description: Restart policy.}
+  restart: {type: str, default: on-failure, description: Restart policy.}
+  state_source: {type: path, description: "Directory on the engine's filesystem for the supervisor's state (mounted read-write)."}
   stop_timeout: {type: int, default: 60, description: Seconds vLLM gets to finish requests on stop.}
   revision: {type: str, default: "", description: "Also part of the fingerprint: the lock, the model release, the key file's checksum."}
 author: fm9g-deploy
@@ -59,29 +61,38 @@ def remove(module, docker, name, stop_timeout):
 
 
 def main():
+    replica_options = {
+        "docker": {"type": "str", "default": "docker"},
+        "name": {"type": "str", "required": True},
+        "image": {"type": "str"},
+        "image_id": {"type": "str", "default": ""},
+        "index": {"type": "int", "required": True},
+        "owner": {"type": "str", "required": True},
+        "settings": {"type": "dict", "default": {}},
+        "gpus": {"type": "list", "elements": "int", "default": []},
+        "network": {"type": "str", "default": "host"},
+        "model_source": {"type": "path"},
+        "key_source": {"type": "path"},
+        "restart": {"type": "str", "default": "on-failure"},
+        "state_source": {"type": "path"},
+        "stop_timeout": {"type": "int", "default": 60},
+        "revision": {"type": "str", "default": ""},
+    }
     module = AnsibleModule(
         argument_spec={
             "state": {"type": "str", "choices": ["query", "started", "stopped", "absent"], "default": "started"},
-            "docker": {"type": "str", "default": "docker"},
-            "name": {"type": "str", "required": True},
-            "image": {"type": "str"},
-            "image_id": {"type": "str", "default": ""},
-            "index": {"type": "int", "required": True},
-            "owner": {"type": "str", "required": True},
-            "settings": {"type": "dict", "default": {}},
-            "gpus": {"type": "list", "elements": "int", "default": []},
-            "network": {"type": "str", "default": "host"},
-            "model_source": {"type": "path"},
-            "key_source": {"type": "path"},
-            "restart": {"type": "str", "default": "unless-stopped"},
-            "stop_timeout": {"type": "int", "default": 60},
-            "revision": {"type": "str", "default": ""},
+            # The whole replica as one dict (the role builds it once), or its keys one by one.
+            "spec": {"type": "dict", "options": replica_options},
+            **{key: dict(option, required=False) for key, option in replica_options.items()},
         },
-        required_if=[("state", "started", ("image", "model_source", "key_source")),
-                     ("state", "query", ("image", "model_source", "key_source"))],
+        required_one_of=[("spec", "name")],
         supports_check_mode=True,
     )
-    p = module.params
+    p = dict(module.params["spec"] or module.params, state=module.params["state"])
+    if p["index"] is None or p["owner"] is None:
+        module.fail_json(msg="index and owner are required")
+    if p["state"] in ("started", "query") and not (p["image"] and p["model_source"] and p["key_source"]):
+        module.fail_json(msg="state %s needs image, model_source and key_source" % p["state"])
     current = inspect(module, p["docker"], p["name"])
     if p["state"] == "absent":
         if current is not None and not module.check_mode:
@@ -96,7 +107,8 @@ def main():
         module.exit_json(changed=running)
     try:
         argv = run_argv(p["docker"], p["name"], p["image"], p["index"], p["owner"], p["settings"], p["gpus"],
-                        p["network"], p["model_source"], p["key_source"], p["restart"], p["stop_timeout"])
+                        p["network"], p["model_source"], p["key_source"], p["restart"], p["stop_timeout"],
+                        p["state_source"])
     except ValueError as exc:
         module.fail_json(msg=str(exc))
     wanted = fingerprint(argv, p["image_id"], p["revision"])

@@ -1,17 +1,18 @@
 #!/usr/bin/python
-"""Ansible module: wait until an FM9G replica answers real requests, or say why it will not."""
+"""Ansible module: wait until an FM9G replica answers real requests, or say at once why it will not."""
 
 from __future__ import annotations
 
 DOCUMENTATION = r"""
 ---
 module: fm9g_replica_ready
-short_description: Wait for an FM9G replica to serve, failing fast when its unit crash-loops
+short_description: Wait for an FM9G replica to serve, failing fast when its process is gone
 description:
   - Ready means a real answer; C(/v1/models) lists C(served_model_name) and a 1-token completion
     succeeds. The key is read from C(config_dir)/api-key.env on the host.
-  - Stops waiting early when the unit has failed or systemd restarted it C(max_restarts) times,
-    and returns the unit's last journal lines either way it fails.
+  - Stops waiting within seconds when the replica's process is gone - the unit inactive or failed,
+    the container exited, or its supervisor reporting a crash, a restart pause or a crash loop
+    (C(state_file)) - and returns its last journal (or container log) lines as C(log_tail).
   - Changes nothing; in check mode it returns at once.
 options:
   index:
@@ -26,18 +27,30 @@ options:
     description: Model name the replica must list.
     type: str
     required: true
+  host:
+    description: The host's name, for the message.
+    type: str
+    default: ""
   timeout:
     description: Seconds to wait in all.
     type: int
     default: 900
   max_restarts:
-    description: Give up once systemd restarted the unit this many times while waiting.
+    description: Give up once systemd restarted the unit (the supervisor itself) this many times while waiting.
     type: int
-    default: 2
+    default: 1
   config_dir:
     description: Directory of the key file.
     type: path
     default: /etc/fm9g
+  state_file:
+    description: The replica supervisor's state file (its crashes, restart pauses and last cause).
+    type: path
+    default: ""
+  log_lines:
+    description: Lines of the journal or container log returned when the replica is not ready.
+    type: int
+    default: 20
   container:
     description: The replica is this container (container serving mode), not the systemd unit;
       its state and restart count come from the engine, its last lines from its log.
@@ -53,29 +66,55 @@ author: fm9g-deploy
 import time
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.fm9g_replicas import UNIT, api_key, one_token, served_models, unit_properties
+from ansible.module_utils.fm9g_replicas import (
+    UNIT, api_key, one_token, read_json_object, served_models, unit_properties,
+)
+
+POLL_S = 3
 
 
-def journal(module, index, lines=25):
+def log_tail(module, index, lines):
     if module.params["container"]:
         _, out, err = module.run_command([module.params["docker"], "logs", "--tail", str(lines),
                                           module.params["container"]])
-        return [line for line in (out + err).splitlines() if line.strip()]
+        return [line for line in (out + err).splitlines() if line.strip()][-lines:]
     _, out, _ = module.run_command(["journalctl", "--no-pager", "-o", "cat", "-n", str(lines), "-u",
                                     UNIT.format(index=index)])
     return [line for line in out.splitlines() if line.strip()]
 
 
-def replica_state(module, index):
-    """{ActiveState, NRestarts} of the unit, or the same read from the replica's container."""
-    if not module.params["container"]:
-        return unit_properties(module.run_command, index)
-    rc, out, _ = module.run_command([module.params["docker"], "container", "inspect", "--format",
-                                     "{{.State.Status}} {{.RestartCount}}", module.params["container"]])
+def process_state(module, index):
+    """(state, restarts): 'running', 'starting', or why the process is gone; restarts by systemd/Docker."""
+    params = module.params
+    if not params["container"]:
+        unit = unit_properties(module.run_command, index)
+        active, sub = unit.get("ActiveState", ""), unit.get("SubState", "")
+        restarts = int(unit.get("NRestarts") or 0)
+        if active in ("failed", "inactive", "deactivating"):
+            return "the unit is %s (%s)" % (active, sub or "?"), restarts
+        if sub == "auto-restart":
+            return "starting", restarts
+        return ("running" if active == "active" else "starting"), restarts
+    rc, out, _ = module.run_command([params["docker"], "container", "inspect", "--format",
+                                     "{{.State.Status}} {{.RestartCount}} {{.State.ExitCode}}", params["container"]])
     if rc != 0:
-        return {"ActiveState": "failed", "NRestarts": "0"}
-    status, restarts = (out.split() + ["", "0"])[:2]
-    return {"ActiveState": "failed" if status in ("exited", "dead") else "active", "NRestarts": restarts}
+        return "the container does not exist", 0
+    status, restarts, code = (out.split() + ["", "0", "0"])[:3]
+    if status in ("exited", "dead"):
+        return "the container %s (exit %s)" % (status, code), int(restarts)
+    if status == "restarting":
+        return "the container is restarting (exit %s)" % code, int(restarts)
+    return ("running" if status == "running" else "starting"), int(restarts)
+
+
+def engine_problem(state, crashes_at_start):
+    """Why the supervised engine is not coming up, or None while it may still."""
+    crashes = state.get("crashes") or []
+    if state.get("state") == "failed":
+        return "marked failed: %s" % (state.get("last_cause") or "crash loop")
+    if len(crashes) > crashes_at_start or state.get("state") == "restarting":
+        return "its engine died: %s" % (state.get("last_cause") or "unknown cause")
+    return None
 
 
 def main():
@@ -84,9 +123,12 @@ def main():
             "index": {"type": "int", "required": True},
             "port": {"type": "int", "required": True},
             "served_model_name": {"type": "str", "required": True},
+            "host": {"type": "str", "default": ""},
             "timeout": {"type": "int", "default": 900},
-            "max_restarts": {"type": "int", "default": 2},
+            "max_restarts": {"type": "int", "default": 1},
             "config_dir": {"type": "path", "default": "/etc/fm9g"},
+            "state_file": {"type": "path", "default": ""},
+            "log_lines": {"type": "int", "default": 20},
             "container": {"type": "str", "default": ""},
             "docker": {"type": "str", "default": "docker"},
         },
@@ -97,15 +139,22 @@ def main():
         module.exit_json(changed=False, ready=None)
     key = api_key(params["config_dir"])
     started = time.monotonic()
-    restarts_at_start = int(replica_state(module, params["index"]).get("NRestarts") or 0)
-    problem = "no answer yet"
+    _, restarts_at_start = process_state(module, params["index"])
+    crashes_at_start = len(read_json_object(params["state_file"]).get("crashes") or [])
+    problem, gone = "no answer yet", False
     while time.monotonic() - started < params["timeout"]:
-        unit = replica_state(module, params["index"])
-        restarts = int(unit.get("NRestarts") or 0) - restarts_at_start
-        if unit.get("ActiveState") == "failed" or restarts >= params["max_restarts"]:
-            problem = "the %s %s (restarted %d times while waiting)" % (
-                "container" if params["container"] else "unit",
-                "failed" if unit.get("ActiveState") == "failed" else "keeps crashing", restarts)
+        state, restarts = process_state(module, params["index"])
+        supervised = read_json_object(params["state_file"])
+        gone_because = None
+        if state not in ("running", "starting"):
+            gone_because = state
+        elif restarts - restarts_at_start >= params["max_restarts"]:
+            gone_because = "its process was restarted %d times" % (restarts - restarts_at_start)
+        gone_because = engine_problem(supervised, crashes_at_start) or gone_because
+        if gone_because:
+            if supervised.get("last_cause") and supervised["last_cause"] not in gone_because:
+                gone_because += "; last cause: %s" % supervised["last_cause"]
+            problem, gone = gone_because, True
             break
         models, problem = served_models(params["port"], key, 10)
         if params["served_model_name"] in models:
@@ -114,12 +163,12 @@ def main():
                 module.exit_json(changed=False, ready=True, waited_s=round(time.monotonic() - started, 1))
         elif models:
             problem = "serves %s, not %s" % (", ".join(models), params["served_model_name"])
-        time.sleep(3)
-    module.fail_json(
-        msg="replica %d (port %d) is not ready after %ds: %s" % (
-            params["index"], params["port"], round(time.monotonic() - started), problem),
-        ready=False, journal=journal(module, params["index"]),
-    )
+        time.sleep(POLL_S)
+    where = "%sreplica %d (port %d)" % (params["host"] + " " if params["host"] else "", params["index"], params["port"])
+    waited = round(time.monotonic() - started)
+    message = ("%s is down after %ds: %s" % (where, waited, problem) if gone
+               else "%s is not ready after %ds: %s" % (where, waited, problem))
+    module.fail_json(msg=message, ready=False, log_tail=log_tail(module, params["index"], params["log_lines"]))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,9 @@ OWNER_LABEL = "io.fm9g.replica-of"
 FINGERPRINT_LABEL = "io.fm9g.fingerprint"
 MODEL_TARGET = "/model"
 KEY_TARGET = "/run/secrets/fm9g_api_key"
+#: The replica supervisor's state (restarts, crash history, last cause) lives on the host, so it
+#: survives the container and `status` reads it there.
+STATE_TARGET = "/var/lib/fm9g/state"
 
 
 def container_name(prefix, index):
@@ -24,20 +27,21 @@ def gpus_value(gpus):
     return '"device=%s"' % ",".join(str(int(gpu)) for gpu in gpus)
 
 
-def _mount(source, target):
+def _mount(source, target, readonly=True):
     if "," in source or "," in target:
         raise ValueError("a bind-mount path may not contain a comma: %s" % source)
-    return "type=bind,source=%s,target=%s,readonly" % (source, target)
+    return "type=bind,source=%s,target=%s%s" % (source, target, ",readonly" if readonly else "")
 
 
 def run_argv(docker, name, image, index, owner, settings, gpus, network, model_source, key_source,
-             restart="unless-stopped", stop_timeout=60):
+             restart="on-failure", stop_timeout=60, state_source=None):
     """The `docker run` argv (without the fingerprint label and image) of one replica.
 
     ``settings`` are the FM9G_* variables (and VLLM_CPU_KVCACHE_SPACE on CPU hosts), passed with
     --env so `docker inspect` shows them; the API key is never among them: it is a mounted file.
     """
-    argv = [docker, "run", "--detach", "--name", name,
+    # --init: the supervisor is not PID 1, so the engine's orphaned workers are reaped.
+    argv = [docker, "run", "--detach", "--init", "--name", name,
             "--restart", restart, "--ipc", "host", "--network", network,
             "--stop-timeout", str(int(stop_timeout)),
             "--label", "%s=%d" % (REPLICA_LABEL, int(index)), "--label", "%s=%s" % (OWNER_LABEL, owner)]
@@ -48,6 +52,8 @@ def run_argv(docker, name, image, index, owner, settings, gpus, network, model_s
             raise ValueError("the API key is mounted as a file, never passed as %s" % key)
         argv += ["--env", "%s=%s" % (key, settings[key])]
     argv += ["--mount", _mount(model_source, MODEL_TARGET), "--mount", _mount(key_source, KEY_TARGET)]
+    if state_source:
+        argv += ["--mount", _mount(state_source, STATE_TARGET, readonly=False)]
     return argv
 
 

@@ -28,6 +28,23 @@ def read_env_file(path):
     return values
 
 
+def read_json_object(path):
+    """The JSON object in ``path``, or {} when it is missing, unreadable or not an object."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def supervisor_state_path(state_dir, serve_mode, index):
+    """Where replica ``index``'s supervisor keeps its state on the host."""
+    if serve_mode == "container":
+        return os.path.join(state_dir, "containers", "replica-%d" % int(index), "replica.state.json")
+    return os.path.join(state_dir, "replica-%d.state.json" % int(index))
+
+
 def api_key(config_dir):
     path = os.path.join(config_dir, "api-key.env")
     return read_env_file(path).get("VLLM_API_KEY", "") if os.path.exists(path) else ""

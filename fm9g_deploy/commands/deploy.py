@@ -12,6 +12,13 @@ them out (tensor parallelism, GPUs, ports), an nginx gateway on the service port
 only the client routes, and a readiness check that is a real request. When the config, env or
 model changed, replicas are updated one at a time (hosts in batches): taken out of the gateway,
 drained, restarted, checked, put back. A failed replica stops the rollout; the rest keep serving.
+When the plan has a single replica in all, restarting it is refused unless --accept-downtime.
+
+Each replica runs under a supervisor that brings a dead engine back by itself (with a growing
+pause; marked failed after serving.crash_limit crashes in serving.crash_window_s), and each
+gateway takes a replica that fails /health out of rotation until it serves again. A replica whose
+process is gone while deploy waits for it stops the rollout within seconds, with its journal.
+On CPU profiles the engine is first run once in the planned dtype; if it faults, float32 is used.
 
 Tags (--tags): gateway, serve.
 """
@@ -24,6 +31,9 @@ def register(subparsers) -> None:
     add_ansible_run_args(parser)
     parser.add_argument("--batch", type=int, default=1, metavar="N",
                         help="hosts updated at once (default: 1)")
+    parser.add_argument("--accept-downtime", action="store_true",
+                        help="allow restarting the plan's only replica (refused otherwise: clients would "
+                             "have no replica while it restarts)")
     parser.set_defaults(handler=run)
 
 
@@ -44,7 +54,13 @@ def run(args: argparse.Namespace) -> int:
     plan = plan_deployment(config, gather_gpu_facts(inventory, limit=args.limit))
     api_key, source = resolve_api_key(config, inventory)
     print(f"API key: {source}")
-    extra_vars = {**serve_vars(stack, plan, api_key), "fm9g_rollout_batch": args.batch}
+    extra_vars = {**serve_vars(stack, plan, api_key, accept_downtime=args.accept_downtime),
+                  "fm9g_rollout_batch": args.batch}
+    if args.limit and extra_vars["fm9g_serve_fleet_replicas"] < 2:
+        # --limit plans the named hosts only; whether their one replica is the fleet's only one is
+        # a question about every serving host.
+        whole = plan_deployment(config, gather_gpu_facts(inventory))
+        extra_vars["fm9g_serve_fleet_replicas"] = sum(len(host.replicas) for host in whole.hosts.values())
     result = run_playbook("serve.yml", inventory, extra_vars=extra_vars, check=args.check, diff=args.diff,
                           limit=args.limit, tags=args.tags, verbose=args.verbose)
     print_summary(result, "deploy (check mode)" if args.check else "deploy")

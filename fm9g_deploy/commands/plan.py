@@ -50,16 +50,24 @@ def run(args: argparse.Namespace) -> int:
 
     from fm9g_deploy.planner import hypothetical_host, plan_deployment
 
+    from fm9g_deploy.facts import engine_dtype_notes
+    from fm9g_deploy.profiles import load_profile
+
     config = _config(args)
+    probes: dict = {}
     if args.gpus is not None:
         facts = {args.gpus.strip(): hypothetical_host(args.gpus)}
         plan = plan_deployment(config, facts, check_driver=False)
     else:
-        plan = plan_deployment(config, _gather_facts(args))
+        facts, probes = _gather_facts(args, config.serving.serve_mode)
+        plan = plan_deployment(config, facts)
+    dtype_notes = engine_dtype_notes(probes, load_profile(config.profile))
     if args.json:
-        print(json.dumps(plan.to_dict(), indent=2))
+        print(json.dumps({**plan.to_dict(), "dtype_notes": dtype_notes}, indent=2))
     else:
         _print_table(plan)
+        for note in dtype_notes:
+            print(note)
     return 0
 
 
@@ -80,11 +88,11 @@ def _config(args: argparse.Namespace):
     return config
 
 
-def _gather_facts(args: argparse.Namespace):
+def _gather_facts(args: argparse.Namespace, serve_mode: str):
     from fm9g_deploy.commands.common import inventory_path
-    from fm9g_deploy.facts import gather_gpu_facts
+    from fm9g_deploy.facts import gather_host_facts
 
-    return gather_gpu_facts(inventory_path(args), limit=args.limit)
+    return gather_host_facts(inventory_path(args), limit=args.limit, serve_mode=serve_mode)
 
 
 def _print_table(plan) -> None:

@@ -19,12 +19,16 @@ def register(subparsers) -> None:
     status.set_defaults(handler=run_status)
 
     stop = subparsers.add_parser(
-        "stop", help="stop every replica cleanly (they finish running requests)",
-        description="Stop every replica on the serving hosts: units are stopped and disabled, "
-                    "containers (serve_mode container) stopped and kept for their logs. vLLM receives "
-                    "SIGTERM and finishes running requests first. `deploy` starts them again.")
+        "stop", help="stop replicas without failing a request (drained first)",
+        description="Stop the replicas on the serving hosts without failing a client request: each is "
+                    "taken out of its gateway first, its running requests finish (serving.drain_timeout_s "
+                    "at most), then vLLM gets SIGTERM and finishes what still runs. Units are stopped and "
+                    "disabled, containers (serve_mode container) stopped and kept for their logs. They stay "
+                    "out of the gateway until `deploy` starts them again.")
     add_inventory_args(stop)
     stop.add_argument("--limit", metavar="PATTERN", help="only these hosts (Ansible host pattern)")
+    stop.add_argument("--replica", type=int, action="append", default=[], metavar="INDEX",
+                      help="only this replica index on each host (repeatable; default: all)")
     stop.add_argument("--check", action="store_true", help="report what would stop; stop nothing")
     stop.set_defaults(handler=run_stop)
 
@@ -71,19 +75,26 @@ def run_status(args: argparse.Namespace) -> int:
         print(json.dumps(reports, indent=2))
         return 0 if _all_ready(reports) else 1
     table = Table(title=f"{config.model.name} on profile {config.profile}")
-    for column in ("host", "replica", "unit", "ready", "TP", "GPUs", "port", "uptime", "restarts", "model release"):
-        table.add_column(column)
+    for column in ("host", "replica", "unit", "ready", "TP", "GPUs", "port", "uptime", "restarts", "last cause",
+                   "model release"):
+        table.add_column(column, overflow="fold")
+    notes: list[str] = []
     for host, report in reports.items():
         release = report.get("model_dir", "").rstrip("/").split("/releases/")[-1][:12] or "-"
         if not report.get("replicas"):
-            table.add_row(host, "-", report.get("problem", "no replicas")[:60], "no", "", "", "", "", "", release)
+            table.add_row(host, "-", report.get("problem", "no replicas")[:60], "no", "", "", "", "", "", "", release)
         for replica in report.get("replicas", []):
             uptime = replica.get("uptime_s")
             table.add_row(host, str(replica["index"]), f"{replica['active_state']}/{replica['sub_state']}",
                           "yes" if replica["ready"] else f"no ({replica.get('problem') or 'not listed'})",
                           str(replica["tensor_parallel_size"]), replica["gpus"] or "CPU", str(replica["port"]),
-                          f"{uptime}s" if uptime is not None else "-", str(replica["restarts"]), release)
-    Console(width=160).print(table)
+                          f"{uptime}s" if uptime is not None else "-", str(replica["restarts"]),
+                          (replica.get("last_cause") or "-")[:80], release)
+            if replica.get("dtype_note"):
+                notes.append(f"{host} replica {replica['index']} runs in {replica['dtype']}: {replica['dtype_note']}")
+    Console(width=180).print(table)
+    for note in dict.fromkeys(notes):
+        print(note)
     return 0 if _all_ready(reports) else 1
 
 
@@ -96,8 +107,14 @@ def run_stop(args: argparse.Namespace) -> int:
     from fm9g_deploy.ansible import print_summary, run_playbook
     from fm9g_deploy.commands.common import config_for, inventory_path
 
+    from fm9g_deploy.errors import UserError
+
+    if any(index < 0 for index in args.replica):
+        raise UserError(f"--replica {min(args.replica)}: replica indexes start at 0; see `fm9g-deploy status`")
     config = config_for(args)
     result = run_playbook("stop.yml", inventory_path(args), limit=args.limit, check=args.check,
-                          extra_vars={"fm9g_serve_mode": config.serving.serve_mode})
+                          extra_vars={"fm9g_serve_mode": config.serving.serve_mode,
+                                      "fm9g_serve_drain_timeout_s": config.serving.drain_timeout_s,
+                                      "fm9g_serve_stop_indexes": sorted(set(args.replica))})
     print_summary(result, "stop (check mode)" if args.check else "stop")
     return 0

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fm9g_deploy.errors import OperationFailed, UserError
-from fm9g_deploy.image.render import CONTEXT_SOURCE, SOURCE_FILES, BuildPlan
+from fm9g_deploy.image.render import CONTEXT_SOURCE, ROLE_FILES, SERVE_ROLE_FILES, SOURCE_FILES, BuildPlan
 
 #: mtime given to every generated or copied context file (1980-01-01, as zip and wheels do).
 FIXED_MTIME = 315532800
@@ -47,9 +47,9 @@ def assemble_context(plan: BuildPlan, folder: Path) -> None:
     for name, source in plan.files.items():
         target = folder / name
         target.parent.mkdir(parents=True, exist_ok=True)
-        if source.parent == CONTEXT_SOURCE:
+        if source.parent in (CONTEXT_SOURCE, SERVE_ROLE_FILES):
             shutil.copyfile(source, target)
-            target.chmod(SOURCE_FILES[name])
+            target.chmod({**SOURCE_FILES, **ROLE_FILES}[name])
             os.utime(target, (FIXED_MTIME, FIXED_MTIME))
         else:
             _link_or_copy(source, target)

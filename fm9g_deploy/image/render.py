@@ -14,12 +14,15 @@ from pathlib import Path
 
 from fm9g_deploy import layout
 from fm9g_deploy.errors import UserError
-from fm9g_deploy.paths import IMAGES_DIR
+from fm9g_deploy.paths import IMAGES_DIR, ROLES_DIR
 
 REPOSITORY = "fm9g-vllm"
 CONTEXT_SOURCE = IMAGES_DIR / "vllm"
 #: images/vllm files copied into every context, and their modes.
 SOURCE_FILES = {"Dockerfile": 0o644, "make-env.sh": 0o755, "entrypoint.sh": 0o755}
+#: Host-side programs of the serving role the image carries too (one copy of each in the project).
+SERVE_ROLE_FILES = ROLES_DIR / "fm9g_serve" / "files"
+ROLE_FILES = {"fm9g_replica_supervisor.py": 0o755, "fm9g_engine_probe.py": 0o755}
 #: The CUDA runtime base per profile CUDA version. The digest is the one the registry reported
 #: for this tag on a public `docker pull` log; it could not be re-checked here (no registry).
 CUDA_BASES = {
@@ -116,6 +119,7 @@ def plan_build(profile, lock, cache, *, lock_digest: str, model: str | None = No
     python_files = lock.python_files(set_name)
     base_name, local_rootfs = base_image(profile, base)
     files: dict[str, Path] = {name: CONTEXT_SOURCE / name for name in SOURCE_FILES}
+    files.update({name: SERVE_ROLE_FILES / name for name in ROLE_FILES})
     missing: list[str] = []
     for artifact in python_files:
         files[f"wheels/{artifact.filename}"] = cache.path_for(artifact.sha256, artifact.filename)

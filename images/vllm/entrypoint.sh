@@ -1,6 +1,9 @@
 #!/bin/bash
 # fm9g-entrypoint: run vLLM's OpenAI server with the arguments of the systemd replica unit
-# (roles/fm9g_serve/templates/fm9g-replica@.service.j2), taken from FM9G_* variables.
+# (roles/fm9g_serve/templates/fm9g-replica@.service.j2), taken from FM9G_* variables, under the
+# same replica supervisor (it restarts an engine that died, whatever its exit status, and gives
+# up after a crash loop: then it exits 0, so Docker's on-failure policy leaves the container
+# stopped, marked failed in the state file under $FM9G_STATE_DIR). FM9G_SUPERVISE=0 runs vLLM bare.
 #   fm9g-entrypoint [EXTRA VLLM ARGS...]   start the server
 #   fm9g-entrypoint --print-argv           print the command, one argument a line, and exit
 # The API key is never an argument (it would show in `ps`): vLLM reads VLLM_API_KEY, set here
@@ -24,6 +27,12 @@ fi
 argv+=(--tensor-parallel-size "${FM9G_TENSOR_PARALLEL_SIZE:-1}")
 read -r -a extra <<< "${FM9G_EXTRA_ARGS:-}"
 argv+=("${extra[@]}")
+if [ "${FM9G_SUPERVISE:-1}" = 1 ]; then
+    read -r -a supervisor <<< "${FM9G_SUPERVISOR_ARGS:-}"
+    argv=("$FM9G_PYTHON" "${FM9G_SUPERVISOR:-/usr/local/lib/fm9g/fm9g_replica_supervisor.py}"
+          --state-file "${FM9G_STATE_DIR:-/var/lib/fm9g/state}/replica.state.json" --port "${FM9G_PORT:-8020}"
+          "${supervisor[@]}" --give-up-exit-code 0 -- "${argv[@]}")
+fi
 
 if [ "${1:-}" = --print-argv ]; then
     printf '%s\n' "${argv[@]}"

@@ -8,15 +8,12 @@ import os
 import subprocess
 
 import pytest
-import yaml
-from ansible.parsing.dataloader import DataLoader
-from ansible.template import Templar, trust_as_template
 
 from fm9g_deploy.image.render import CONTEXT_SOURCE
 from tests.conftest import PROJECT_ROOT
-from tests.unit.test_image_entrypoint import systemd_argv
+from tests.unit.role_render import role_value as _role_value
+from tests.unit.test_image_entrypoint import supervised, systemd_argv
 
-ROLE = PROJECT_ROOT / "roles" / "fm9g_serve"
 GPU_REPLICA = {"index": 1, "port": 8101, "tensor_parallel_size": 2, "gpus": [2, 3],
                "gpu_memory_utilization": 0.85, "max_model_len": 4096}
 
@@ -31,22 +28,9 @@ def _load_module_utils():
 container = _load_module_utils()
 
 
-def _trusted(value):
-    if isinstance(value, str):
-        return trust_as_template(value)
-    if isinstance(value, dict):
-        return {key: _trusted(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_trusted(item) for item in value]
-    return value
-
-
 def role_value(expression: str, **overrides):
-    """``expression`` rendered with the role's defaults and vars, as Ansible would on a host."""
-    values = {**yaml.safe_load((ROLE / "defaults" / "main.yml").read_text()),
-              **_trusted(yaml.safe_load((ROLE / "vars" / "main.yml").read_text())),
-              "inventory_hostname": "gpu1", "_fm9g_serve_replica": GPU_REPLICA, **overrides}
-    return Templar(loader=DataLoader(), variables=values).template(trust_as_template(expression))
+    """``expression`` as the role renders it for GPU_REPLICA on host gpu1."""
+    return _role_value(expression, **{"_fm9g_serve_replica": GPU_REPLICA, **overrides})
 
 
 def gpu_argv(**overrides):
@@ -62,7 +46,7 @@ def test_gpu_replica_runs_with_its_gpus_host_ipc_loopback_and_a_restart_policy()
     # docker parses --gpus as CSV: a list of devices must stay one quoted field
     assert ("--gpus", '"device=2,3"') in pairs
     assert ("--ipc", "host") in pairs and ("--network", "host") in pairs
-    assert ("--restart", "unless-stopped") in pairs
+    assert ("--restart", "on-failure") in pairs
     assert ("--env", "FM9G_HOST=127.0.0.1") in pairs
     assert ("--env", "FM9G_PORT=8101") in pairs
     assert ("--mount", "type=bind,source=/opt/fm9g/models/fm9g-4b/releases/abc/9G4B,target=/model,readonly") in pairs
@@ -101,7 +85,11 @@ def test_the_container_starts_the_systemd_units_exact_command():
                                  **settings})
     expected, _ = systemd_argv(fm9g_serve_python=python, fm9g_serve_model_dir="/model",
                                fm9g_serve_accelerator="cuda", _fm9g_serve_replica=GPU_REPLICA)
-    assert result.stdout.splitlines() == expected
+    unit_supervisor, unit_vllm = supervised(expected)
+    image_supervisor, image_vllm = supervised(result.stdout.splitlines())
+    assert image_vllm == unit_vllm
+    for option in ("--port", "--crash-limit", "--crash-window", "--stop-timeout"):
+        assert image_supervisor[option] == unit_supervisor[option]
 
 
 def test_fingerprint_follows_argv_image_id_and_revision():

@@ -9,28 +9,13 @@ import shlex
 import subprocess
 from pathlib import Path
 
-import jinja2
 import pytest
-import yaml
 
 from fm9g_deploy.image.render import CONTEXT_SOURCE
 from fm9g_deploy.profiles import load_profile
-from tests.conftest import PROJECT_ROOT
+from tests.unit.role_render import render_role_template
 
 ENTRYPOINT = CONTEXT_SOURCE / "entrypoint.sh"
-SERVE_ROLE = PROJECT_ROOT / "roles" / "fm9g_serve"
-REPLICA = {"index": 0, "port": 8100, "tensor_parallel_size": 2, "gpus": [0, 1],
-           "gpu_memory_utilization": 0.85, "max_model_len": 4096}
-
-
-def render_role_template(name: str, **overrides) -> str:
-    """A fm9g_serve template as Ansible renders it (role defaults, then overrides)."""
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(SERVE_ROLE / "templates"), keep_trailing_newline=True,
-                             trim_blocks=True)
-    env.filters["comment"] = lambda text: f"# {text}"
-    values = yaml.safe_load((SERVE_ROLE / "defaults" / "main.yml").read_text())
-    values.update({"ansible_managed": "managed", "_fm9g_serve_replica": REPLICA, **overrides})
-    return env.get_template(name).render(**values)
 
 
 def systemd_argv(**overrides) -> tuple[list[str], dict[str, str]]:
@@ -43,6 +28,14 @@ def systemd_argv(**overrides) -> tuple[list[str], dict[str, str]]:
     return shlex.split(filled), environment
 
 
+def supervised(argv: list[str]) -> tuple[dict[str, str], list[str]]:
+    """(the supervisor's options, vLLM's argv) of a replica's command line."""
+    split = argv.index("--")
+    options = argv[2:split]
+    assert argv[1].endswith("/fm9g_replica_supervisor.py")
+    return dict(zip(options[::2], options[1::2])), argv[split + 1:]
+
+
 def entrypoint(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", str(ENTRYPOINT), *args], capture_output=True, text=True, timeout=30,
                           env={"PATH": os.environ["PATH"], **env})
@@ -50,19 +43,32 @@ def entrypoint(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("accelerator,profile", [("cpu", "cpu"), ("cuda", "cuda121")])
 def test_entrypoint_runs_the_same_command_as_the_systemd_unit(accelerator, profile):
-    extra = list(load_profile(profile).vllm_args)
+    loaded = load_profile(profile)
+    extra = list(loaded.vllm_args)
     settings = {"fm9g_serve_python": "/opt/fm9g/envs/x/bin/python", "fm9g_serve_model_dir": "/model",
                 "fm9g_serve_served_model_name": "9g", "fm9g_serve_extra_args": extra,
-                "fm9g_serve_accelerator": accelerator}
+                "fm9g_serve_accelerator": accelerator, "fm9g_serve_drain_flag": loaded.vllm_drain_flag or "",
+                "fm9g_serve_drain_timeout_s": 45}
     expected, environment = systemd_argv(**settings)
+    drain = [loaded.vllm_drain_flag, "45"] if loaded.vllm_drain_flag else []
     result = entrypoint("--print-argv", env={
         "FM9G_PYTHON": settings["fm9g_serve_python"], "FM9G_HOST": "127.0.0.1", "FM9G_MODEL_DIR": "/model",
-        "FM9G_SERVED_MODEL_NAME": "9g", "FM9G_EXTRA_ARGS": " ".join(extra),
+        "FM9G_SERVED_MODEL_NAME": "9g", "FM9G_EXTRA_ARGS": " ".join(extra + drain),
+        "FM9G_SUPERVISOR_ARGS": "--crash-limit 5 --crash-window 600 --stop-timeout 60",
         **{k: v for k, v in environment.items() if k.startswith("FM9G_")},
     })
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == expected
-    assert "--enforce-eager" in expected if profile == "cpu" else "--enforce-eager" not in expected
+    unit_supervisor, unit_vllm = supervised(expected)
+    image_supervisor, image_vllm = supervised(result.stdout.splitlines())
+    assert image_vllm == unit_vllm
+    # the same supervision; only where the state lives and how a crash loop ends differ
+    assert unit_supervisor.pop("--state-file") == "/var/lib/fm9g/replica-%i.state.json"
+    assert image_supervisor.pop("--state-file") == "/var/lib/fm9g/state/replica.state.json"
+    assert image_supervisor.pop("--give-up-exit-code") == "0"  # Docker's on-failure leaves it stopped
+    assert unit_supervisor == image_supervisor == {"--port": "8100", "--crash-limit": "5", "--crash-window": "600",
+                                                   "--stop-timeout": "60"}
+    assert "--enforce-eager" in unit_vllm if profile == "cpu" else "--enforce-eager" not in unit_vllm
+    assert unit_vllm[-2:] == drain if drain else "--shutdown-timeout" not in unit_vllm
 
 
 def test_image_defaults_give_the_guides_launch_line():

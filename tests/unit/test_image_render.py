@@ -129,7 +129,7 @@ def test_cpu_image_uses_the_projects_debian_base_and_the_profiles_launch_args(tm
     assert plan.base.startswith("fm9g-sandbox-rootfs:") and plan.base_is_local_rootfs
     assert plan.buildargs["ENV_MANAGER"] == "venv" and plan.buildargs["ENV_PYTHON"] == "3.11"
     assert plan.buildargs["VLLM_ARGS"] == "--enforce-eager"
-    assert plan.buildargs["SYSTEM_PACKAGES"] == "libnuma1"
+    assert plan.buildargs["SYSTEM_PACKAGES"] == "libnuma1 g++ python3-dev"
     assert plan.tag == f"fm9g-vllm:cpu-{lock_sha256('cpu')[:12]}"
     assert not [n for n in plan.context_listing if n.startswith("installer/") and n != "installer/"]
 
