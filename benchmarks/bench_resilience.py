@@ -8,11 +8,13 @@ in its fm9g.yml and `fm9g-deploy deploy`; the integration tests' fm9g-test has t
 runs against the host's gateway from this machine, with a bounded steady load (short completions
 from a few clients), and every phase stops by itself:
 
-1. cold start: replica 0 stopped, then started; seconds until it answers a completion (baseline);
+1. cold start: replica 0 stopped, then started, under the same load; seconds until it answers a
+   completion (the baseline: on 2 cores the load slows a start down);
 2. engine kill: kill -9 of replica 0's EngineCore under load; seconds until it answers again,
    against (1), and failed requests of all sent (goal: 0);
 3. stop: `fm9g-deploy stop --replica 1` under load, with long streams in flight; failed requests
-   and streams cut (goal: 0), and how long the stop took against how long the in-flight work took;
+   and streams cut (goal: 0); how long the drain took (out of the gateway until SIGTERM, from the
+   host's own clock) against how long the in-flight work took, and vLLM's own shutdown;
 4. rolling update: a config change rolls both replicas under load; failed requests (goal: 0).
 The host is left as it was (the config restored and deployed). Prints figures, asserts nothing.
 """
@@ -62,6 +64,19 @@ class Host:
         api = self.sh(f"pgrep -P {supervisor} -o")
         line = self.sh(f"ps -o pid=,args= -s {api} | grep -m1 EngineCore")
         return int(line.split()[0]) if line else 0
+
+    def stop_times(self, index: int) -> tuple[float, float, float]:
+        """(gateway told to drain it, SIGTERM, unit stopped): unix times from the host's clock."""
+        import json
+
+        out = float(self.sh("date -r /etc/nginx/fm9g/backends.json +%s.%N"))
+        entries = [json.loads(line) for line in self.sh(
+            f"journalctl -u fm9g-replica@{index} -o json --since -10min --output-fields=MESSAGE").splitlines() if line]
+
+        def last(text: str) -> float:
+            return max(int(e["__REALTIME_TIMESTAMP"]) / 1e6 for e in entries if text in str(e.get("MESSAGE", "")))
+
+        return out, last("stopping (SIGTERM)"), last("Stopped fm9g-replica")
 
     def wait_serving(self, port: int, timeout: float = 600) -> float:
         started = time.monotonic()
@@ -118,12 +133,14 @@ def main() -> int:
     limit = ("--limit", args.host)
     rows: list[tuple[str, str, str]] = []
 
-    # 1. cold start of replica 0 (baseline)
+    # 1. cold start of replica 0 under the load (baseline)
     assert cli("stop", "-i", str(inventory), *limit, "--replica", "0").returncode == 0
-    host.sh("systemctl start fm9g-replica@0")
-    cold = host.wait_serving(8100)
+    with SteadyLoad(url, key, workers=args.workers, max_seconds=600):
+        time.sleep(3)
+        host.sh("systemctl start fm9g-replica@0")
+        cold = host.wait_serving(8100)
     assert cli("deploy", "-i", str(inventory), *limit).returncode == 0  # back into the gateway
-    rows.append(("cold start of a replica (baseline)", f"{cold:.1f} s", ""))
+    rows.append(("cold start of a replica under load (baseline)", f"{cold:.1f} s", ""))
 
     # 2. engine kill under load
     with SteadyLoad(url, key, workers=args.workers, max_seconds=600) as load:
@@ -139,17 +156,21 @@ def main() -> int:
     with SteadyLoad(url, key, workers=args.workers, max_seconds=600) as load:
         threads = long_streams(url, key, args.streams, streams)
         time.sleep(1)
-        started = time.monotonic()
+        started, started_wall = time.monotonic(), time.time()
         stop = cli("stop", "-i", str(inventory), *limit, "--replica", "1")
         stop_took = time.monotonic() - started
         for thread in threads:
             thread.join(timeout=300)
     assert stop.returncode == 0, stop.stderr[-1000:]
     longest = max((seconds for seconds, _ in streams), default=0.0)
+    out_of_gateway, sigterm, stopped = host.stop_times(1)
     rows.append(("stop: failed requests", failed(load), "goal 0"))
     rows.append(("stop: streams in flight cut", f"{sum(1 for _, ok in streams if not ok)} of {len(streams)}", "goal 0"))
-    rows.append(("stop: time to stop (drain included)", f"{stop_took:.1f} s",
-                 f"in-flight work took up to {longest:.1f} s"))
+    rows.append(("stop: drain (out of the gateway to SIGTERM)", f"{sigterm - out_of_gateway:.1f} s",
+                 f"the in-flight work took up to {longest:.1f} s from the stop's start"))
+    rows.append(("stop: vLLM's own shutdown (SIGTERM to exit)", f"{stopped - sigterm:.1f} s", ""))
+    rows.append(("stop: the whole command", f"{stop_took:.1f} s",
+                 f"Ansible until out of the gateway: {out_of_gateway - started_wall:.1f} s"))
     assert cli("deploy", "-i", str(inventory), *limit).returncode == 0
 
     # 4. rolling update under load (a config change rolls both replicas; then back)
