@@ -252,3 +252,13 @@ def test_the_real_snippet_runs_against_a_stub_vllm(model_dir, tmp_path):
     assert only["ok"] is True and only["engine_dtype"] == "bfloat16"
     assert json.loads(record.read_text()) == {"model": str(model_dir), "dtype": "bfloat16", "trust_remote_code": True,
                                               "enforce_eager": True, "max_model_len": 256}
+
+
+def test_the_engines_ipc_sockets_and_temporary_files_go_with_the_probe(model_dir, tmp_path):
+    """vLLM puts IPC sockets in its temporary directory and the probe kills it rather than shutting it
+    down: the engine gets a directory of the probe's own, removed afterwards, not the host's /tmp."""
+    calls = tmp_path / "calls.jsonl"
+    result = run_probe("--model", model_dir, "--dtype", "float32", fake={"FAKE_CALLS_FILE": str(calls)})
+    assert result.returncode == 0, result.stderr
+    private = json.loads(calls.read_text().splitlines()[0])["env"]["VLLM_RPC_BASE_PATH"]
+    assert "fm9g-engine-probe-" in private and not os.path.exists(private)

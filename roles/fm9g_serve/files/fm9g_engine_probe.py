@@ -230,6 +230,9 @@ def attempt(args, dtype):
                FM9G_PROBE_KWARGS=json.dumps(kwargs))
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="fm9g-engine-probe-") as workdir:
+        # vLLM's IPC sockets and temporary files go here, and go with it: the engine is killed,
+        # not shut down, so it never removes its own.
+        env.update(TMPDIR=workdir, VLLM_RPC_BASE_PATH=workdir)
         log_path = os.path.join(workdir, "engine.log")
         with open(log_path, "wb") as log:  # a file, not a pipe: leftover workers may hold it open
             child = subprocess.Popen([args.python, "-c", ENGINE_SNIPPET], stdin=subprocess.DEVNULL, stdout=log,
