@@ -105,7 +105,7 @@ def test_second_deploy_changes_nothing(deployed_sandbox):
     inventory, _ = deployed_sandbox
     result = run_cli("deploy", "-i", str(inventory), timeout=900)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert parse_changed(result.stdout) == {"host1": 0, "host2": 0}
+    assert parse_changed(result.stdout) == {"gw1": 0, "host1": 0, "host2": 0}
 
 
 def test_status_shows_every_replica_ready(deployed_sandbox):
