@@ -118,6 +118,10 @@ class Profile(_Strict):
     #: Run a tiny forward pass of the engine on each host in the planned dtype before serving, and
     #: fall back to float32 when it faults (CPU builds: bf16 kernels die with SIGILL on some CPUs).
     engine_probe: bool = False
+    #: How the profile's vLLM serves FM9G checkpoints. "native": its vLLM knows FM9GForCausalLM (the
+    #: guide's 0.5 fork); "upstream": upstream vLLM, which serves FM9G through the catalog's
+    #: `upstream_architecture` (the model's config is rewritten to it when the model is unpacked).
+    architecture_mapping: Literal["native", "upstream"] = "native"
 
     @field_validator("platform")
     @classmethod

@@ -5,7 +5,10 @@ pip runs as `pip install --dry-run --report` with the target's --python-version,
 evaluates environment markers (`; python_version < "3.11"`) against the interpreter it runs in, so
 it runs through a small shim that hands its marker code the target's values. The operator's pip
 configuration (extra indexes, find-links, constraints) is kept out: a lock comes from the
-profile's index alone.
+profile's index alone. pip reads each wheel's dependencies from the index's metadata files (PEP 658)
+and, where an index publishes none, from the wheel's own metadata through HTTP range requests
+(fast-deps) rather than by downloading the whole wheel (GBs for a CUDA stack); the sha256 then comes
+from the index, which must publish it.
 """
 
 from __future__ import annotations
@@ -83,7 +86,8 @@ def run_pip_resolve(profile: Profile, requirements: list[str], *, index_url: str
         if find_links is not None:
             argv += ["--no-index"] + [f"--find-links={link}" for link in find_links]
         else:
-            argv += ["--index-url", index_url or profile.index_url]
+            # Not for find-links pages: they seldom carry hashes, which pip then takes from the download.
+            argv += ["--index-url", index_url or profile.index_url, "--use-feature=fast-deps"]
         if profile.python_packages.constraints:
             constraints = Path(scratch) / "constraints.txt"
             constraints.write_text("\n".join(profile.python_packages.constraints) + "\n")

