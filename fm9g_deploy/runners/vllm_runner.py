@@ -5,6 +5,10 @@ Request (JSON on stdin): {"model_dir", "prompts": [...], "max_tokens", "temperat
 "gpu_memory_utilization", "engine_kwargs": {...}}; null values are left to vLLM. Result (JSON on
 stdout): {"engine", "device", "dtype", "versions", "load_seconds", "generate_seconds",
 "tensor_parallel_size", "sampling", "results": [{"prompt", "text", "prompt_tokens", "output_tokens"}]}.
+For the numerical proof (fm9g_deploy/numerics.py) the request may give "prompt_token_ids" (lists of
+token ids, sent as they are, no chat template) instead of "prompts", and "logprobs": N; each result
+then also holds "prompt_token_ids", "token_ids" and "logprobs" (the chosen token's, as vLLM
+computed it from the model's raw output).
 On failure: a traceback, then one line "fm9g-runner: error: ..." on stderr, exit 1.
 """
 
@@ -17,7 +21,7 @@ import traceback
 
 def generate(request):
     from transformers import AutoTokenizer
-    from vllm import LLM, SamplingParams
+    from vllm import LLM
     import vllm
 
     model_dir = request["model_dir"]
@@ -44,23 +48,11 @@ def generate(request):
             sampling[key] = float(request[key])
     if request.get("seed") is not None:
         sampling["seed"] = int(request["seed"])
-    conversations = [
-        tokenizer.apply_chat_template(conversation=[{"role": "user", "content": prompt}],
-                                      add_generation_prompt=True, tokenize=False)
-        for prompt in request["prompts"]
-    ]
-    outputs = llm.generate(conversations, SamplingParams(**sampling))
+    if request.get("prompt_token_ids") is not None:
+        results = _token_results(request, llm, sampling)
+    else:
+        results = _chat_results(request, llm, sampling, tokenizer)
     finished = time.perf_counter()
-
-    results = [
-        {
-            "prompt": prompt,
-            "text": output.outputs[0].text.strip(),
-            "prompt_tokens": len(output.prompt_token_ids or []),
-            "output_tokens": len(output.outputs[0].token_ids),
-        }
-        for prompt, output in zip(request["prompts"], outputs)
-    ]
     return {
         "engine": "vllm",
         "device": _device(),
@@ -72,6 +64,50 @@ def generate(request):
         "generate_seconds": round(finished - loaded, 3),
         "results": results,
     }
+
+
+def _chat_results(request, llm, sampling, tokenizer):
+    """The guide's way: each prompt as a user turn through the chat template."""
+    from vllm import SamplingParams
+
+    conversations = [
+        tokenizer.apply_chat_template(conversation=[{"role": "user", "content": prompt}],
+                                      add_generation_prompt=True, tokenize=False)
+        for prompt in request["prompts"]
+    ]
+    outputs = llm.generate(conversations, SamplingParams(**sampling))
+    return [
+        {
+            "prompt": prompt,
+            "text": output.outputs[0].text.strip(),
+            "prompt_tokens": len(output.prompt_token_ids or []),
+            "output_tokens": len(output.outputs[0].token_ids),
+        }
+        for prompt, output in zip(request["prompts"], outputs)
+    ]
+
+
+def _token_results(request, llm, sampling):
+    """Token ids in, token ids and each chosen token's log-probability out."""
+    from vllm import SamplingParams
+
+    sampling["logprobs"] = int(request.get("logprobs") or 1)
+    sampling["ignore_eos"] = True
+    prompts = [{"prompt_token_ids": [int(t) for t in ids]} for ids in request["prompt_token_ids"]]
+    outputs = llm.generate(prompts, SamplingParams(**sampling))
+    results = []
+    for ids, output in zip(request["prompt_token_ids"], outputs):
+        completion = output.outputs[0]
+        tokens = list(completion.token_ids)
+        results.append({
+            "prompt_token_ids": list(ids),
+            "token_ids": tokens,
+            "logprobs": [float(step[token].logprob) for token, step in zip(tokens, completion.logprobs)],
+            "text": completion.text,
+            "prompt_tokens": len(ids),
+            "output_tokens": len(tokens),
+        })
+    return results
 
 
 def _device():

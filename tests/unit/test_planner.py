@@ -21,7 +21,7 @@ from fm9g_deploy.planner import (
 )
 
 SMI_FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "nvidia-smi"
-FM9G_MODELS = [name for name, spec in load_catalog().items() if spec.architecture == "FM9GForCausalLM"]
+FM9G_MODELS = [name for name, spec in load_catalog().items() if spec.architecture == "FM9GForCausalLM" and not spec.generated]
 
 
 def config(model: str = "fm9g-4b", profile: str = "cuda121", **serving) -> DeploymentConfig:
@@ -241,7 +241,7 @@ def test_gpu_less_host_with_the_gpu_profile_is_refused():
 
 
 def test_gpu_host_with_the_cpu_profile_is_refused():
-    with pytest.raises(UserError, match="has 1 NVIDIA GPU.* profile is cpu; set `profile: cuda121`"):
+    with pytest.raises(UserError, match="has 1 NVIDIA GPU.* profile is cpu; set `profile: cuda121 or cuda130`"):
         plan_deployment(config("fm9g-4b", "cpu"), {"h": gpu_host(81920)})
 
 

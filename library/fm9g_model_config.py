@@ -1,0 +1,163 @@
+#!/usr/bin/python
+"""Ansible module: make a model's config.json say what the profile's vLLM serves it as."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: fm9g_model_config
+short_description: Map an FM9G checkpoint's config.json to the architecture upstream vLLM serves
+description:
+  - Upstream vLLM does not know C(FM9GForCausalLM); it serves FM9G's math as
+    C(MiniCPMForCausalLM). With I(serve_as) set to that class, the module keeps the checkpoint's own
+    config as C(config.fm9g.json) (written once, never changed) and writes a mapped
+    C(config.json) derived from it (no remote code, the scales kept, the original named inside).
+  - With I(serve_as=native) it puts the original back, for a vLLM that knows FM9G itself.
+  - Refuses, changing nothing, a config whose shape differs from the catalog's (I(expected)) or that
+    lacks a field the target needs (a scale the target would otherwise take as 1).
+  - Idempotent; supports check mode.
+options:
+  model_dir:
+    description: Directory holding config.json and the weights (the release's C(current) link).
+    type: path
+    required: true
+  serve_as:
+    description: C(native), or the architecture to map to (C(MiniCPMForCausalLM)).
+    type: str
+    required: true
+  expected:
+    description: Catalog fields the config must match (hidden_size, num_layers, num_attention_heads,
+      num_kv_heads, vocab_size, tie_word_embeddings, intermediate_size).
+    type: dict
+    default: {}
+author: fm9g-deploy
+"""
+
+EXAMPLES = r"""
+- name: Serve FM9G 4B on upstream vLLM
+  fm9g_model_config:
+    model_dir: /opt/fm9g/models/fm9g-4b/current
+    serve_as: MiniCPMForCausalLM
+    expected: {hidden_size: 2560, num_layers: 62, num_kv_heads: 4}
+"""
+
+RETURN = r"""
+architecture:
+  description: The architecture config.json names after this run.
+  returned: always
+  type: str
+original_architecture:
+  description: The architecture of the checkpoint's own config.
+  returned: always
+  type: str
+mapped:
+  description: Whether config.json is a mapped config.
+  returned: always
+  type: bool
+"""
+
+import json
+import os
+import tempfile
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.fm9g_architecture import (
+    NATIVE,
+    ORIGINAL_CONFIG,
+    MappingError,
+    is_mapped,
+    map_config,
+)
+
+
+def _read(path):
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
+def _write(path, content):
+    """Replace ``path`` atomically with ``content`` (0644, the directory's owner kept by rename)."""
+    directory = os.path.dirname(path)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".%s." % os.path.basename(path))
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(content)
+        os.chmod(tmp, 0o644)
+        reference = os.stat(directory)
+        if os.geteuid() == 0:
+            os.chown(tmp, reference.st_uid, reference.st_gid)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _architecture(config):
+    names = config.get("architectures") or ["?"]
+    return names[0]
+
+
+def plan(model_dir, serve_as, expected):
+    """(writes, result): the files to write (path -> bytes, None to remove) and what they give."""
+    config_path = os.path.join(model_dir, "config.json")
+    original_path = os.path.join(model_dir, ORIGINAL_CONFIG)
+    current_bytes = _read(config_path)
+    if os.path.exists(original_path):
+        original_bytes = _read(original_path)
+    elif is_mapped(json.loads(current_bytes)):
+        raise MappingError("%s is a mapped config but %s is missing; reinstall the model release"
+                           % (config_path, ORIGINAL_CONFIG))
+    else:
+        original_bytes = current_bytes
+    original = json.loads(original_bytes)
+    writes = {}
+    if serve_as == NATIVE:
+        if current_bytes != original_bytes:
+            writes[config_path] = original_bytes
+        if os.path.exists(original_path):
+            writes[original_path] = None
+        served = original
+    else:
+        served = map_config(original, serve_as, expected)
+        mapped_bytes = (json.dumps(served, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+        if not os.path.exists(original_path):
+            writes[original_path] = original_bytes
+        if current_bytes != mapped_bytes:
+            writes[config_path] = mapped_bytes
+    result = {"architecture": _architecture(served), "original_architecture": _architecture(original),
+              "mapped": serve_as != NATIVE}
+    return writes, result
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            model_dir=dict(type="path", required=True),
+            serve_as=dict(type="str", required=True),
+            expected=dict(type="dict", default={}),
+        ),
+        supports_check_mode=True,
+    )
+    model_dir = module.params["model_dir"]
+    if not os.path.isfile(os.path.join(model_dir, "config.json")):
+        module.fail_json(msg="%s has no config.json; install the model first" % model_dir)
+    try:
+        writes, result = plan(model_dir, module.params["serve_as"], module.params["expected"])
+    except MappingError as exc:
+        module.fail_json(msg="%s: %s" % (model_dir, exc))
+    except ValueError as exc:  # a config.json that is not JSON
+        module.fail_json(msg="%s: config is not valid JSON (%s); reinstall the model release" % (model_dir, exc))
+    if writes and not module.check_mode:
+        # The original is written first and removed last: a mapped config.json never exists
+        # without it.
+        for path in sorted(writes, key=lambda p: (writes[p] is None, not p.endswith(ORIGINAL_CONFIG))):
+            if writes[path] is None:
+                os.unlink(path)
+            else:
+                _write(path, writes[path])
+    module.exit_json(changed=bool(writes), **result)
+
+
+if __name__ == "__main__":
+    main()
