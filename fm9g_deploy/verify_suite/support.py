@@ -174,3 +174,73 @@ def describe_state(active: str, sub: str) -> str:
 
 def unit_property(host, unit: str, name: str) -> str:
     return host.run("systemctl show -p %s --value %s", name, unit).stdout.strip()
+
+
+#: The module the replica units run (roles/fm9g_serve/templates/fm9g-replica@.service.j2).
+API_SERVER = "vllm.entrypoints.openai.api_server"
+
+
+def processes(host, pids=None) -> dict[int, tuple[int | None, str]]:
+    """pid -> (parent pid, command line with its arguments joined by spaces), read from /proc as root.
+
+    Only the processes ``pids`` when given, else every process; one that ends meanwhile is left out.
+    """
+    where = " ".join(f"/proc/{int(pid)}" for pid in sorted(pids)) if pids is not None else "/proc/[0-9]*"
+    if not where:
+        return {}
+    with as_root(host):
+        result = host.run(
+            f'for p in {where}; do [ -r "$p/cmdline" ] || continue; '
+            'printf "%s %s " "${p#/proc/}" "$(sed -n "s/^PPid:[[:space:]]*//p" "$p/status" 2>/dev/null)"; '
+            'tr "\\0" " " < "$p/cmdline" 2>/dev/null; echo; done')
+    table = {}
+    for line in result.stdout.splitlines():
+        pid, _, rest = line.partition(" ")
+        parent, _, command = rest.partition(" ")
+        if pid.isdigit():
+            table[int(pid)] = (int(parent) if parent.isdigit() else None, command.strip())
+    return table
+
+
+def process_environment(host, pid: int, names) -> tuple[dict[str, str] | None, str]:
+    """(the variables ``names`` in process ``pid``'s environment, why it could not be read or "").
+
+    Read from /proc/PID/environ as root and filtered on the host: the rest of the environment
+    (it holds secrets such as the API key) never leaves it. A name that is unset is absent.
+    """
+    wanted = "^(" + "|".join(re.escape(name) for name in names) + ")="
+    with as_root(host):
+        result = host.run("tr '\\0' '\\n' < /proc/%s/environ > /dev/null && "
+                          "{ tr '\\0' '\\n' < /proc/%s/environ | grep -E %s || true; }", str(pid), str(pid), wanted)
+    if result.rc != 0:
+        return None, last_line(result.stderr) or f"exit {result.rc}"
+    found: dict[str, str] = {}
+    for line in result.stdout.splitlines():
+        name, _, value = line.partition("=")
+        found.setdefault(name, value)  # the first one is what getenv() answers
+    return found, ""
+
+
+def runs_api_server(command: str, port: int | None = None) -> bool:
+    """Whether ``command`` (argv joined by spaces) is Python running vLLM's API server (on ``port``).
+
+    Only as the program itself (``python [-opts] -m vllm...api_server``): the replica supervisor's
+    command line names the module too, after its own script and ``--``.
+    """
+    words = command.split()
+    if API_SERVER not in words[2:]:
+        return False
+    at = words.index(API_SERVER)
+    if words[at - 1] != "-m" or not all(word.startswith("-") for word in words[1:at]):
+        return False
+    return port is None or re.search(rf"(?:^|\s)--port(?:=|\s+){port}(?:\s|$)", " ".join(words[at:])) is not None
+
+
+def main_process(table: dict[int, tuple[int | None, str]], pids) -> int:
+    """Of the processes ``pids`` (all holding the replica's socket, or all running its API server), the
+    API server itself: not a child of another of them (an engine process vLLM forked inherits the
+    socket and the command line), preferably with the API server's command line; the oldest pid else."""
+    pids = set(pids)
+    roots = [pid for pid in pids if table.get(pid, (None, ""))[0] not in pids]
+    servers = [pid for pid in roots if runs_api_server(table.get(pid, (None, ""))[1])]
+    return min(servers or roots or pids)

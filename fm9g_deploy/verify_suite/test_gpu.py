@@ -1,4 +1,5 @@
-"""GPU hosts: torch in the env sees the GPUs the planner gave the host and each replica.
+"""GPU hosts: nvidia-smi shows the GPUs the plan was made for, each running replica has exactly
+its planned GPUs in its environment, and torch in the env sees the GPUs of the host and each replica.
 
 Skipped, with the reason, on hosts where the planner found no NVIDIA GPU (the CPU plan).
 """
@@ -9,7 +10,19 @@ import json
 
 import pytest
 
-from fm9g_deploy.verify_suite.support import expect, fail, last_line
+from fm9g_deploy.gpu import QUERY_GPU_ARGS, parse_query_gpu
+from fm9g_deploy.verify_suite.support import (
+    API_SERVER,
+    expect,
+    fail,
+    last_line,
+    listening_tcp,
+    main_process,
+    one_line,
+    process_environment,
+    processes,
+    runs_api_server,
+)
 
 #: Counting devices initialises CUDA without making a context on them: safe beside running replicas.
 PROBE = ("import json, torch; print('FM9G-GPU ' + json.dumps([torch.cuda.is_available(), torch.cuda.device_count(), "
@@ -53,3 +66,85 @@ def test_replica_gpus_are_visible_to_torch(host, hostname, host_facts, replica, 
     expect(available and count == len(gpus),
            f"with CUDA_VISIBLE_DEVICES={','.join(map(str, gpus))} torch sees {count} GPU(s), "
            f"replica {replica['index']} needs {len(gpus)} (TP {replica['tensor_parallel_size']})")
+
+
+# -- the live GPUs and the running replicas ---------------------------------------------------------
+
+VISIBLE = "CUDA_VISIBLE_DEVICES"
+ORDER = "CUDA_DEVICE_ORDER"
+#: The numbering nvidia-smi and the plan use; CUDA's own default (FASTEST_FIRST) may differ.
+PCI_BUS_ID = "PCI_BUS_ID"
+#: nvidia-smi's exit status when the shell finds no such command.
+NOT_FOUND = 127
+
+
+def _live_gpus(host, hostname):
+    """The host's GPUs as nvidia-smi lists them, read with the parser the planner's facts use."""
+    result = host.run("LC_ALL=C nvidia-smi" + " %s" * len(QUERY_GPU_ARGS), *QUERY_GPU_ARGS)
+    if result.rc == NOT_FOUND:
+        fail(f"nvidia-smi is not on {hostname}'s PATH: is the NVIDIA driver installed?")
+    if result.rc != 0:
+        fail(f"nvidia-smi failed on {hostname} (exit {result.rc}): "
+             f"{one_line(result.stdout) or last_line(result.stderr) or 'no output'}")
+    try:
+        return parse_query_gpu(result.stdout)
+    except ValueError as exc:
+        fail(f"cannot read nvidia-smi's answer on {hostname}: {one_line(str(exc))}")
+
+
+def test_live_gpus_match_the_plan(host, hostname, host_facts):
+    """nvidia-smi on the host shows the GPUs the plan was made for"""
+    _skip_without_gpu(hostname, host_facts)
+    gpus = _live_gpus(host, hostname)
+    indexes = [gpu.index for gpu in gpus]
+    shown = ", ".join(f"{gpu.index}: {gpu.name}" for gpu in gpus[:8]) + (" ..." if len(gpus) > 8 else "")
+    expect(len(gpus) == host_facts.gpu_count,
+           f"nvidia-smi shows {len(gpus)} GPU(s) on {hostname} ({shown or 'none'}), the plan was made for "
+           f"{host_facts.gpu_count}: a GPU is gone or was added since the plan; check `nvidia-smi` and the "
+           "kernel log, then plan again")
+    expect(len(set(indexes)) == len(indexes), f"nvidia-smi lists GPU index(es) twice on {hostname}: {indexes}")
+    for replica in host_facts.replicas:
+        missing = [gpu for gpu in replica["gpus"] if gpu not in indexes]
+        expect(not missing, f"replica {replica['index']} is planned on GPU(s) {', '.join(map(str, missing))}, "
+               f"which nvidia-smi does not show on {hostname} (it shows {', '.join(map(str, indexes)) or 'none'})")
+
+
+def _replica_process(host, replica) -> int:
+    """The pid of the process that listens on the replica's port (``ss``; /proc where ss names no owner)."""
+    port, index = replica["port"], replica["index"]
+    # A host without iproute2 (a bare GPU box): the API server's command line names its port.
+    sockets = [s for s in listening_tcp(host) if s.port == port] if host.exists("ss") else None
+    expect(sockets is None or sockets, f"no process listens on port {port}: is replica {index} running?")
+    owners = frozenset().union(*(s.pids for s in sockets or ()))
+    if owners:
+        return main_process(processes(host, owners), owners)
+    # ss names no owner (a process in another PID namespace, an ss without -p): look for the server.
+    table = processes(host)
+    servers = [pid for pid, (_, command) in table.items() if runs_api_server(command, port)]
+    expect(servers, f"port {port} is open but ss names no process there and no {API_SERVER} --port {port} "
+           f"runs: is replica {index} running?")
+    return main_process(table, servers)
+
+
+@pytest.mark.journal("replicas")
+def test_replica_process_has_its_gpus(host, hostname, host_facts, replica, facts):
+    """the running replica sees exactly its planned GPUs"""
+    _skip_without_gpu(hostname, host_facts)
+    if facts.serve_mode == "container":
+        pytest.skip("serve_mode container: the replica containers' GPUs are checked by the container checks")
+    index, port, gpus = replica["index"], replica["port"], replica["gpus"]
+    expect(gpus, f"the plan gives replica {index} no GPU on a host with {host_facts.gpu_count}")
+    pid = _replica_process(host, replica)
+    who = f"replica {index} (port {port}, pid {pid})"
+    # Only the two variables are read back: the rest of the environment holds the API key.
+    env, problem = process_environment(host, pid, (VISIBLE, ORDER))
+    if env is None:
+        fail(f"cannot read the environment of {who}: {problem}")
+    planned = ",".join(map(str, gpus))
+    visible = env.get(VISIBLE)
+    expect(visible is not None, f"{who} runs without {VISIBLE}: it would use every GPU of the host")
+    expect(visible == planned, f"{who} runs with {VISIBLE}={visible or '(empty)'}, the plan gives it GPU(s) {planned}")
+    order = env.get(ORDER)
+    expect(order == PCI_BUS_ID,
+           f"{who} runs with {f'{ORDER}={order}' if order is not None else f'no {ORDER}'}, not {PCI_BUS_ID}: "
+           f"CUDA may number the GPUs unlike nvidia-smi and the plan, so {VISIBLE}={planned} may name other GPUs")

@@ -210,7 +210,7 @@ def test_gpu_checks_skip_with_the_reason_on_a_host_without_gpu(local_model):
     assert verdict(run, "test_gpu") == 0
     reasons = {(r["outcome"], r["reason"]) for r in run.results}
     assert reasons == {("skipped", "node1 has no NVIDIA GPU (planned for the CPU)")}
-    assert len(run.results) == 2  # the host's check and one per replica
+    assert len(run.results) == 4  # two checks of the host and two per replica
 
 
 def test_the_key_goes_to_the_suite_in_a_file_never_on_its_command_line(tmp_path):
