@@ -15,7 +15,10 @@ library/fm9g_model_config.py runs on the hosts.
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import tempfile
 
 #: Serve the checkpoint's own config (a vLLM that knows FM9GForCausalLM).
 NATIVE = "native"
@@ -125,3 +128,80 @@ def scales(config: dict) -> dict:
         "residual": float(config.get("scale_depth", math.sqrt(layers))) / math.sqrt(layers),
         "logits": float(config.get("dim_model_base", config["hidden_size"])) / float(config["hidden_size"]),
     }
+
+
+# -- a model directory on disk (the hosts' module, the image build) ---------------------------------
+
+def _read(path):
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
+def _architecture(config):
+    return (config.get("architectures") or ["?"])[0]
+
+
+def plan_model_config(model_dir, serve_as, expected=None):
+    """(writes, result) that make ``model_dir``'s config.json serve as ``serve_as`` (or ``native``).
+
+    ``writes``: path -> new bytes, or None to remove; ``result``: the architecture served, the
+    checkpoint's own, and whether it is mapped. Reads only; MappingError when it cannot be done.
+    """
+    config_path = os.path.join(model_dir, "config.json")
+    original_path = os.path.join(model_dir, ORIGINAL_CONFIG)
+    current_bytes = _read(config_path)
+    if os.path.exists(original_path):
+        original_bytes = _read(original_path)
+    elif is_mapped(json.loads(current_bytes)):
+        raise MappingError("%s is a mapped config but %s is missing; reinstall the model release"
+                           % (config_path, ORIGINAL_CONFIG))
+    else:
+        original_bytes = current_bytes
+    original = json.loads(original_bytes)
+    writes = {}
+    if serve_as == NATIVE:
+        if current_bytes != original_bytes:
+            writes[config_path] = original_bytes
+        if os.path.exists(original_path):
+            writes[original_path] = None
+        served = original
+    else:
+        served = map_config(original, serve_as, expected)
+        mapped_bytes = (json.dumps(served, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+        if not os.path.exists(original_path):
+            writes[original_path] = original_bytes
+        if current_bytes != mapped_bytes:
+            writes[config_path] = mapped_bytes
+    result = {"architecture": _architecture(served), "original_architecture": _architecture(original),
+              "mapped": serve_as != NATIVE}
+    return writes, result
+
+
+def apply_model_config(writes):
+    """Carry out ``plan_model_config``'s writes, each atomically (0644, the directory's owner). The
+    original is written first and removed last: a mapped config.json never exists without it."""
+    for path in sorted(writes, key=lambda p: (writes[p] is None, not p.endswith(ORIGINAL_CONFIG))):
+        if writes[path] is None:
+            os.unlink(path)
+            continue
+        directory = os.path.dirname(path)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".%s." % os.path.basename(path))
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(writes[path])
+            os.chmod(tmp, 0o644)
+            if os.geteuid() == 0:
+                reference = os.stat(directory)
+                os.chown(tmp, reference.st_uid, reference.st_gid)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+
+def map_model_dir(model_dir, serve_as, expected=None):
+    """Make ``model_dir`` serve as ``serve_as`` now; returns plan_model_config's result."""
+    writes, result = plan_model_config(model_dir, serve_as, expected)
+    apply_model_config(writes)
+    return result

@@ -36,24 +36,26 @@ class ReplicaLaunch:
         return self.argv[self.argv.index("--") + 1:]
 
 
-def _trusted(value):
+def trusted(value):
+    """``value`` with its strings marked as templates Ansible may render (as a role's vars are)."""
     from ansible.template import trust_as_template
 
     if isinstance(value, str):
         return trust_as_template(value)
     if isinstance(value, dict):
-        return {key: _trusted(item) for key, item in value.items()}
+        return {key: trusted(item) for key, item in value.items()}
     if isinstance(value, list):
-        return [_trusted(item) for item in value]
+        return [trusted(item) for item in value]
     return value
 
 
-def _templar(values: dict):
+def role_templar(values: dict):
+    """Ansible's templating with the role's defaults, then its vars, then ``values``."""
     from ansible.parsing.dataloader import DataLoader
     from ansible.template import Templar
 
     defaults = yaml.safe_load((SERVE_ROLE / "defaults" / "main.yml").read_text("utf-8"))
-    role_vars = _trusted(yaml.safe_load((SERVE_ROLE / "vars" / "main.yml").read_text("utf-8")))
+    role_vars = trusted(yaml.safe_load((SERVE_ROLE / "vars" / "main.yml").read_text("utf-8")))
     return Templar(loader=DataLoader(), variables={**defaults, **role_vars, **values})
 
 
@@ -62,7 +64,7 @@ def render_template(name: str, values: dict) -> str:
     from ansible.template import trust_as_template
 
     text = (SERVE_ROLE / "templates" / name).read_text("utf-8")
-    return _templar(values).template(trust_as_template(text), escape_backslashes=False)
+    return role_templar(values).template(trust_as_template(text), escape_backslashes=False)
 
 
 def _service_lines(unit: str) -> list[tuple[str, str]]:

@@ -56,78 +56,10 @@ mapped:
   type: bool
 """
 
-import json
 import os
-import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.fm9g_architecture import (
-    NATIVE,
-    ORIGINAL_CONFIG,
-    MappingError,
-    is_mapped,
-    map_config,
-)
-
-
-def _read(path):
-    with open(path, "rb") as handle:
-        return handle.read()
-
-
-def _write(path, content):
-    """Replace ``path`` atomically with ``content`` (0644, the directory's owner kept by rename)."""
-    directory = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".%s." % os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(content)
-        os.chmod(tmp, 0o644)
-        reference = os.stat(directory)
-        if os.geteuid() == 0:
-            os.chown(tmp, reference.st_uid, reference.st_gid)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _architecture(config):
-    names = config.get("architectures") or ["?"]
-    return names[0]
-
-
-def plan(model_dir, serve_as, expected):
-    """(writes, result): the files to write (path -> bytes, None to remove) and what they give."""
-    config_path = os.path.join(model_dir, "config.json")
-    original_path = os.path.join(model_dir, ORIGINAL_CONFIG)
-    current_bytes = _read(config_path)
-    if os.path.exists(original_path):
-        original_bytes = _read(original_path)
-    elif is_mapped(json.loads(current_bytes)):
-        raise MappingError("%s is a mapped config but %s is missing; reinstall the model release"
-                           % (config_path, ORIGINAL_CONFIG))
-    else:
-        original_bytes = current_bytes
-    original = json.loads(original_bytes)
-    writes = {}
-    if serve_as == NATIVE:
-        if current_bytes != original_bytes:
-            writes[config_path] = original_bytes
-        if os.path.exists(original_path):
-            writes[original_path] = None
-        served = original
-    else:
-        served = map_config(original, serve_as, expected)
-        mapped_bytes = (json.dumps(served, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
-        if not os.path.exists(original_path):
-            writes[original_path] = original_bytes
-        if current_bytes != mapped_bytes:
-            writes[config_path] = mapped_bytes
-    result = {"architecture": _architecture(served), "original_architecture": _architecture(original),
-              "mapped": serve_as != NATIVE}
-    return writes, result
+from ansible.module_utils.fm9g_architecture import MappingError, apply_model_config, plan_model_config
 
 
 def main():
@@ -143,19 +75,13 @@ def main():
     if not os.path.isfile(os.path.join(model_dir, "config.json")):
         module.fail_json(msg="%s has no config.json; install the model first" % model_dir)
     try:
-        writes, result = plan(model_dir, module.params["serve_as"], module.params["expected"])
+        writes, result = plan_model_config(model_dir, module.params["serve_as"], module.params["expected"])
     except MappingError as exc:
         module.fail_json(msg="%s: %s" % (model_dir, exc))
     except ValueError as exc:  # a config.json that is not JSON
         module.fail_json(msg="%s: config is not valid JSON (%s); reinstall the model release" % (model_dir, exc))
     if writes and not module.check_mode:
-        # The original is written first and removed last: a mapped config.json never exists
-        # without it.
-        for path in sorted(writes, key=lambda p: (writes[p] is None, not p.endswith(ORIGINAL_CONFIG))):
-            if writes[path] is None:
-                os.unlink(path)
-            else:
-                _write(path, writes[path])
+        apply_model_config(writes)
     module.exit_json(changed=bool(writes), **result)
 
 

@@ -300,35 +300,27 @@ def _check_manifest(data: object, where: Path) -> dict:
     files, pieces, total = data.get("files"), data.get("pieces"), data.get("total_size")
     if not isinstance(files, list) or not isinstance(pieces, list) or not pieces or not isinstance(total, int):
         raise bad("files, pieces or total_size missing")
-    offset = 0
-    names = set()
-    for entry in files:
-        if not isinstance(entry, dict) or not _plain_name(entry.get("name")):
-            raise bad(f"a file entry has no plain name: {entry!r:.80}")
-        if entry["name"] in names:
-            raise bad(f"{entry['name']} is listed twice")
-        names.add(entry["name"])
+    _check_run(files, "name", "file", total, bad)
+    _check_run(pieces, "folder", "piece", total, bad)
+    return data
+
+
+def _check_run(entries: list, key: str, kind: str, total: int, bad) -> None:
+    """Entries (files, or pieces) that tile the stream: unique plain names, sizes, offsets, sha256s."""
+    offset, seen = 0, set()
+    for entry in entries:
+        if not isinstance(entry, dict) or not _plain_name(entry.get(key)):
+            raise bad(f"a {kind} entry has no plain {key}: {entry!r:.80}")
+        if entry[key] in seen:
+            raise bad(f"{entry[key]} is listed twice")
+        seen.add(entry[key])
         if not isinstance(entry.get("size"), int) or entry["size"] < 0 or entry.get("offset") != offset:
-            raise bad(f"{entry['name']}: size or offset does not add up")
+            raise bad(f"{entry[key]}: size or offset does not add up")
         if not isinstance(entry.get("sha256"), str) or not _SHA256.match(entry["sha256"]):
-            raise bad(f"{entry['name']}: no sha256")
+            raise bad(f"{entry[key]}: no sha256")
         offset += entry["size"]
     if offset != total:
-        raise bad("the files do not add up to total_size")
-    offset = 0
-    folders = set()
-    for piece in pieces:
-        if not isinstance(piece, dict) or not _plain_name(piece.get("folder")) or piece["folder"] in folders:
-            raise bad(f"a piece has no plain, unique folder name: {piece!r:.80}")
-        folders.add(piece["folder"])
-        if not isinstance(piece.get("size"), int) or piece["size"] < 0 or piece.get("offset") != offset:
-            raise bad(f"{piece['folder']}: size or offset does not add up")
-        if not isinstance(piece.get("sha256"), str) or not _SHA256.match(piece["sha256"]):
-            raise bad(f"{piece['folder']}: no sha256")
-        offset += piece["size"]
-    if offset != total:
-        raise bad("the pieces do not add up to total_size")
-    return data
+        raise bad(f"the {kind}s do not add up to total_size")
 
 
 def read_manifest(path: Union[str, Path]) -> dict:

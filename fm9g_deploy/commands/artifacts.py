@@ -143,7 +143,7 @@ def register(subparsers) -> None:
 
 
 def _add_profile(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--profile", required=True, metavar="PROFILE", help="stack profile: cpu or cuda121")
+    parser.add_argument("--profile", required=True, metavar="PROFILE", help="stack profile: cpu, cuda121 or cuda130")
 
 
 def _add_from(parser: argparse.ArgumentParser) -> None:
@@ -172,7 +172,7 @@ def _cache(args: argparse.Namespace):
 
 
 def run_lock(args: argparse.Namespace) -> int:
-    from fm9g_deploy.artifacts.fetch import describe_size
+    from fm9g_deploy.artifacts.pieces import describe_size
     from fm9g_deploy.artifacts.lock import lock_path, lock_text, write_lock
     from fm9g_deploy.artifacts.resolve import build_lock
     from fm9g_deploy.artifacts.sources import search_dirs
@@ -204,7 +204,8 @@ def run_fetch(args: argparse.Namespace) -> int:
     from rich.markup import escape
 
     from fm9g_deploy.artifacts.download import Timeouts
-    from fm9g_deploy.artifacts.fetch import describe_size, fetch, plan
+    from fm9g_deploy.artifacts.fetch import fetch, plan
+    from fm9g_deploy.artifacts.pieces import describe_size
     from fm9g_deploy.artifacts.lock import load_lock
     from fm9g_deploy.artifacts.publish import publish
     from fm9g_deploy.artifacts.sources import search_dirs
@@ -265,7 +266,7 @@ def run_add(args: argparse.Namespace) -> int:
 def run_verify(args: argparse.Namespace) -> int:
     from rich.markup import escape
 
-    from fm9g_deploy.artifacts.fetch import describe_size
+    from fm9g_deploy.artifacts.pieces import describe_size
     from fm9g_deploy.artifacts.lock import load_lock
     from fm9g_deploy.artifacts.verify import verify
     from fm9g_deploy.errors import OperationFailed

@@ -59,7 +59,7 @@ def register(subparsers) -> None:
 
 
 def _add_selection(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--profile", required=True, metavar="NAME", help="stack profile (cpu, cuda121)")
+    parser.add_argument("--profile", required=True, metavar="NAME", help="stack profile (cpu, cuda121, cuda130)")
     parser.add_argument("--model", metavar="NAME",
                         help="model the image is smoke-tested with and its install set chosen by "
                              "(default: tiny-random for cpu, fm9g-4b for cuda profiles)")
@@ -161,7 +161,7 @@ def _smoke(client, plan, args, console):
     from fm9g_deploy.artifacts.cache import Cache, resolve_cache_dir
     from fm9g_deploy.catalog import get_model
     from fm9g_deploy.errors import UserError
-    from fm9g_deploy.image.build import unpack_model
+    from fm9g_deploy.image.build import map_for_profile, unpack_model
     from fm9g_deploy.image.smoke import run_smoke_test
 
     model = args.model or _default_model(plan.profile)
@@ -177,6 +177,7 @@ def _smoke(client, plan, args, console):
                         f"fetch --profile {plan.profile} --model {model}`, or pass --no-smoke-test")
     with tempfile.TemporaryDirectory(prefix="fm9g-smoke-model-") as scratch:
         model_dir = unpack_model(cache.path_for(pin["sha256"], pin["filename"]), Path(scratch))
+        map_for_profile(model_dir, plan.profile, model)
         return run_smoke_test(client, plan.tag, model_dir=model_dir, **settings)
 
 

@@ -12,7 +12,8 @@ Check every serving host and print a pass/fail table (exit 0: all passed, 1: a c
 
   env      the env exists, runs the profile's Python, imports torch / transformers / vLLM at
            the locked versions, `pip check` is clean, it holds the locked requirements
-  gpu      torch sees the planned GPUs, per host and per replica (skipped on hosts without one)
+  gpu      nvidia-smi shows the planned GPUs; each running replica has exactly its planned
+           CUDA_VISIBLE_DEVICES; torch sees them, per host and per replica (skipped without a GPU)
   model    config.json, tokenizer files and weights are there; the installed release is the
            pinned tarball's sha256
   service  every replica unit is enabled, running, restarted on failure and on loopback only;

@@ -60,6 +60,7 @@ def assemble_context(plan: BuildPlan, folder: Path) -> None:
         os.utime(target, (FIXED_MTIME, FIXED_MTIME))
     if plan.model_tarball is not None:
         _unpack_model(plan.model_tarball, folder / "model")
+        map_for_profile(folder / "model", plan.profile, plan.baked_model["name"])
     for path in [folder, *folder.rglob("*")]:
         if path.is_dir():
             path.chmod(0o755)
@@ -83,6 +84,16 @@ def unpack_model(tarball: Path, destination: Path) -> Path:
     if not configs:
         raise OperationFailed(f"{tarball.name} holds no config.json; it is not a model directory")
     return configs[0].parent
+
+
+def map_for_profile(model_dir: Path, profile: str, model: str) -> None:
+    """The architecture mapping provision applies on hosts (fm9g_deploy/architecture.py)."""
+    from fm9g_deploy.architecture import map_model_dir
+    from fm9g_deploy.catalog import get_model
+    from fm9g_deploy.hostvars import model_serve_as
+    from fm9g_deploy.profiles import load_profile
+
+    map_model_dir(str(model_dir), model_serve_as(model, load_profile(profile)), get_model(model).expected_shape())
 
 
 def _unpack_model(tarball: Path, model_folder: Path) -> None:

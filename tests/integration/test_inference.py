@@ -133,9 +133,10 @@ def test_interactive_chat_two_turns_then_quit(gateway):
         chat.stdin.close()
     assert chat.returncode == 0, stderr
     assert "Type 'quit'" in stderr
-    # Greedy: the first turn answers as the one-shot did; a second answer follows it.
+    # Greedy: the first turn answers as the one-shot did; a second answer follows it (the tiny
+    # model's greedy answer may be whitespace: more than the bare line end of an empty answer).
     assert stdout.startswith(one_shot.stdout)
-    assert stdout[len(one_shot.stdout):].strip()
+    assert len(stdout) - len(one_shot.stdout) >= 2, repr(stdout)
 
 
 # -- bench: a bounded load with vLLM's figures --------------------------------------------------
