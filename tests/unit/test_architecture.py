@@ -85,9 +85,9 @@ def test_unknown_target():
 
 
 def test_scales_as_the_served_model_applies_them():
-    assert scales(fm9g_config()) == pytest.approx({"embedding": 12.0, "residual": 0.7, "logits": 0.25})
+    assert scales(fm9g_config()) == pytest.approx({"embedding": 12.0, "residual": 0.7, "logits": 0.5})
     assert scales(fm9g_config("tiny-random-mha")) == pytest.approx(
-        {"embedding": 8.0, "residual": 1.4 / 3 ** 0.5, "logits": 0.25})
+        {"embedding": 8.0, "residual": 1.4 / 3 ** 0.5, "logits": 0.5})
 
 
 def test_every_scale_of_the_generated_models_is_away_from_one():

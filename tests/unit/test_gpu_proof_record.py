@@ -3,6 +3,7 @@ record of the run on an H200 made with benchmarks/gpu_proof/run.py against the i
 
 import json
 
+from fm9g_deploy.tinymodel import write_tiny_tarball
 from tests.conftest import PROJECT_ROOT
 
 RECORD = json.loads((PROJECT_ROOT / "benchmarks/gpu_proof/results-h200.json").read_text("utf-8"))
@@ -61,3 +62,10 @@ def test_numerical_proof_in_bf16_on_the_gpu():
         assert numerics[label]["device"] == "NVIDIA H200" and numerics[label]["versions"]["vllm"] == "0.25.0"
     assert not numerics["tiny-random-wrong"]["passed"]
     assert numerics["tiny-random-wrong"]["max_abs_difference"] > 3 * numerics["tiny-random"]["tolerance"]
+
+
+def test_the_numerical_proof_ran_on_the_checkpoints_this_code_builds(tmp_path):
+    """The record stays true of the code: the tiny models are rebuilt byte for byte."""
+    for label, name in (("tiny-random", "tiny-random"), ("tiny-random-mha", "tiny-random-mha")):
+        built = write_tiny_tarball(tmp_path / label, name=name)
+        assert RECORD["numerics_runs"][label]["checkpoint_sha256"] == built.sha256, label
