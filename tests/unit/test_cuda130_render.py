@@ -9,26 +9,14 @@ does to the role's one question), so the render does not depend on which Pythons
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
 import shlex
-import sys
-import tarfile
-import threading
 from pathlib import Path
 
 import pytest
 
-from fm9g_deploy.ansible import run_playbook
-from fm9g_deploy.artifacts.cache import Cache
 from fm9g_deploy.artifacts.lock import load_lock
-from fm9g_deploy.artifacts.publish import requirements_text, set_folder
-from fm9g_deploy.artifacts.serve import make_server
-from fm9g_deploy.config import parse_config
-from fm9g_deploy.hostvars import Stack, provision_vars
-from fm9g_deploy.profiles import load_profile
-from tests.fixtures.artifacts.wheels import sha256_of
+from fm9g_deploy.artifacts.publish import requirements_text
+from tests.unit.check_mode_mirror import check_mode_cache, provision_check
 
 #: Test double of a host's python3.12: the role asks it for its version and whether the venv exists.
 PYTHON_312_DOUBLE = "#!/bin/sh\n# test double: a host's Python 3.12, as the venv role asks it\necho 3.12\necho False\n"
@@ -37,39 +25,13 @@ PYTHON_312_DOUBLE = "#!/bin/sh\n# test double: a host's Python 3.12, as the venv
 @pytest.fixture(scope="module")
 def cuda130_check_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("cuda130-render")
-    cache = Cache(root / "cache")
     lock = load_lock("cuda130")
-    set_name = lock.set_for_model("fm9g-4b")
-    folder = set_folder(cache, "cuda130", set_name)
-    folder.mkdir(parents=True)
-    (folder / "requirements.txt").write_text(requirements_text(lock, set_name, lock.python_files(set_name)))
-    tarball = root / "9G4B.tar"
-    with tarfile.open(tarball, "w") as archive:  # a stand-in tarball: only its pin is read
-        archive.add(__file__, arcname="9G4B/README")
-    digest = sha256_of(tarball)
-    cache.store(tarball, digest, tarball.name)
-    cache.save_pin("fm9g-4b", {"filename": tarball.name, "sha256": digest, "size": tarball.stat().st_size})
+    cache, set_name = check_mode_cache(root, "cuda130", lock)
     python = root / "python3.12"
     python.write_text(PYTHON_312_DOUBLE)
     python.chmod(0o755)
-    server = make_server(cache.root, "127.0.0.1", 0, quiet=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    mirror = "http://127.0.0.1:%d" % server.server_address[1]
-    config = parse_config(f"model:\n  name: fm9g-4b\nprofile: cuda130\nmirror:\n  url: {mirror}\n")
-    stack = Stack(config, load_profile("cuda130"), lock, set_name, cache, mirror)
-    inventory = root / "hosts.yml"
-    inventory.write_text(json.dumps({"all": {"children": {"serving": {"hosts": {"gpu-host": {
-        "ansible_connection": "local", "ansible_python_interpreter": sys.executable,
-        "fm9g_python_env_base_python": str(python)}}}}}}))
-    values = provision_vars(stack)
-    output = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(output):
-            result = run_playbook("provision.yml", inventory, extra_vars=values, check=True, tags="env")
-    finally:
-        server.shutdown()
-        server.server_close()
-    would_run = [line.split("gpu-host: ", 1)[1] for line in output.getvalue().splitlines() if "would run" in line]
+    result, would_run, values, mirror = provision_check(root, "cuda130", lock, cache, set_name,
+                                                        fm9g_python_env_base_python=str(python))
     return result, would_run, values, python, set_name, mirror
 
 

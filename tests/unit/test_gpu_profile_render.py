@@ -8,26 +8,15 @@ and pip with every hash required, offline from the mirror.
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
 import shlex
-import sys
-import tarfile
-import threading
 from pathlib import Path
 
 import pytest
 
-from fm9g_deploy.artifacts.cache import Cache
-from fm9g_deploy.ansible import run_playbook
 from fm9g_deploy.artifacts.lock import LockedArtifact, load_lock
-from fm9g_deploy.artifacts.serve import make_server
-from fm9g_deploy.artifacts.publish import requirements_text, set_folder
-from fm9g_deploy.config import parse_config
-from fm9g_deploy.hostvars import Stack, provision_vars
+from fm9g_deploy.artifacts.publish import requirements_text
 from fm9g_deploy.profiles import load_profile
-from tests.fixtures.artifacts.wheels import sha256_of
+from tests.unit.check_mode_mirror import check_mode_cache, provision_check
 
 TORCH_CU121_SHA256 = "0a12aa9aa6bc442dff8823ac8b48d991fd0771562eaa38593f9c8196d65f7007"
 
@@ -51,39 +40,13 @@ def lock_with_operator_wheel():
 @pytest.fixture(scope="module")
 def gpu_check_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("gpu-render")
-    cache = Cache(root / "cache")
     lock = lock_with_operator_wheel()
-    set_name = lock.set_for_model("fm9g-4b")
-    folder = set_folder(cache, "cuda121", set_name)
-    folder.mkdir(parents=True)
-    # The published view a GPU site's mirror holds once the wheels are fetched (they are not here).
-    (folder / "requirements.txt").write_text(requirements_text(lock, set_name, lock.python_files(set_name)))
-    tarball = root / "FM9G4B.tar.gz"
-    with tarfile.open(tarball, "w:gz") as archive:  # a stand-in tarball: only its pin is read
-        archive.add(__file__, arcname="FM9G4B/README")
-    digest = sha256_of(tarball)
-    cache.store(tarball, digest, tarball.name)
-    cache.save_pin("fm9g-4b", {"filename": tarball.name, "sha256": digest, "size": tarball.stat().st_size})
+    cache, set_name = check_mode_cache(root, "cuda121", lock)
     installer = next(a for a in lock.installers() if a.name.startswith("miniforge"))
     stand_in = cache.path_for(installer.sha256, installer.filename)  # check mode only asks the mirror for it
     stand_in.parent.mkdir(parents=True)
     stand_in.write_text("#!/bin/sh\n")
-    server = make_server(cache.root, "127.0.0.1", 0, quiet=True)  # the real mirror server, on loopback
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    mirror = "http://127.0.0.1:%d" % server.server_address[1]
-    config = parse_config(f"model:\n  name: fm9g-4b\nprofile: cuda121\nmirror:\n  url: {mirror}\n")
-    stack = Stack(config, load_profile("cuda121"), lock, set_name, cache, mirror)
-    inventory = root / "hosts.yml"
-    inventory.write_text(json.dumps({"all": {"children": {"serving": {"hosts": {"gpu-host": {
-        "ansible_connection": "local", "ansible_python_interpreter": sys.executable}}}}}}))
-    output = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(output):
-            result = run_playbook("provision.yml", inventory, extra_vars=provision_vars(stack), check=True, tags="env")
-    finally:
-        server.shutdown()
-        server.server_close()
-    would_run = [line.split("gpu-host: ", 1)[1] for line in output.getvalue().splitlines() if "would run" in line]
+    result, would_run, _, mirror = provision_check(root, "cuda121", lock, cache, set_name)
     return result, would_run, lock, set_name, mirror
 
 
