@@ -45,7 +45,7 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(PROJECT_ROOT))
 
-from fm9g_deploy.architecture import ORIGINAL_CONFIG, map_config  # noqa: E402
+from fm9g_deploy.architecture import map_model_dir  # noqa: E402
 from fm9g_deploy.catalog import get_model  # noqa: E402
 
 MODEL = "fm9g-4b"
@@ -194,14 +194,14 @@ def build_checkpoint(model_dir: Path, results: Results) -> None:
 
 
 def _map(model_dir: Path, name: str, *, drop_residual_scale: bool = False) -> dict:
-    """What the fm9g_model_config module does on hosts: keep the original, write the mapped config."""
-    original = json.loads((model_dir / "config.json").read_text())
-    (model_dir / ORIGINAL_CONFIG).write_text(json.dumps(original, indent=2) + "\n")
+    """The mapping as the fm9g_model_config module applies it on hosts (the same code); returns the
+    config vLLM reads."""
     spec = get_model(name)
-    mapped = map_config(original, spec.upstream_architecture, spec.expected_shape())
+    map_model_dir(str(model_dir), spec.upstream_architecture, spec.expected_shape())
+    mapped = json.loads((model_dir / "config.json").read_text())
     if drop_residual_scale:  # a deliberately wrong mapping: scale_depth / sqrt(layers) becomes 1
         mapped["scale_depth"] = mapped["num_hidden_layers"] ** 0.5
-    (model_dir / "config.json").write_text(json.dumps(mapped, indent=2) + "\n")
+        (model_dir / "config.json").write_text(json.dumps(mapped, indent=2) + "\n")
     return mapped
 
 

@@ -250,6 +250,3 @@ def _remove_empty(folder: Path) -> None:
         folder.rmdir()
     except OSError:
         pass
-
-
-

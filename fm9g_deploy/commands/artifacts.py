@@ -327,20 +327,16 @@ def run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _canonical(name: str) -> str:
-    import re
-
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
 def _split_skipped(files: list, patterns: list[str]) -> tuple[list, list, list[str]]:
     """(files to pack, files skipped, patterns that matched nothing) for --skip globs."""
     from fnmatch import fnmatchcase
 
-    globs = [(pattern, _canonical(pattern)) for pattern in patterns]
+    from fm9g_deploy.artifacts.resolve import canonical
+
+    globs = [(pattern, canonical(pattern)) for pattern in patterns]
     kept, skipped, used = [], [], set()
     for artifact in files:
-        hits = [pattern for pattern, glob in globs if fnmatchcase(_canonical(artifact.name), glob)]
+        hits = [pattern for pattern, glob in globs if fnmatchcase(canonical(artifact.name), glob)]
         used.update(hits)
         (skipped if hits else kept).append(artifact)
     return kept, skipped, [pattern for pattern in patterns if pattern not in used]

@@ -64,25 +64,22 @@ def run(args: argparse.Namespace) -> int:
         plan = plan_deployment(config, facts)
     profile = load_profile(config.profile)
     dtype_notes = engine_dtype_notes(probes, profile)
-    architecture = architecture_note(config.model.name, profile)
+    serve_as = model_serve_as(config.model.name, profile)
     if args.json:
-        print(json.dumps({**plan.to_dict(), "dtype_notes": dtype_notes,
-                          "serve_as": model_serve_as(config.model.name, profile)}, indent=2))
+        print(json.dumps({**plan.to_dict(), "dtype_notes": dtype_notes, "serve_as": serve_as}, indent=2))
     else:
         _print_table(plan)
-        for note in [architecture] + dtype_notes:
+        for note in [architecture_note(config.model.name, profile, serve_as)] + dtype_notes:
             print(note)
     return 0
 
 
-def architecture_note(model: str, profile) -> str:
-    """How the profile's vLLM serves the model's architecture, in one line."""
+def architecture_note(model: str, profile, serve_as: str) -> str:
+    """How the profile's vLLM serves the model's architecture (``serve_as``), in one line."""
     from fm9g_deploy.architecture import NATIVE, ORIGINAL_CONFIG
     from fm9g_deploy.catalog import get_model
-    from fm9g_deploy.hostvars import model_serve_as
 
     spec = get_model(model)
-    serve_as = model_serve_as(model, profile)
     if serve_as == NATIVE:
         return f"architecture: {spec.architecture}, served natively by the {profile.name} profile's vLLM"
     return (f"architecture: {spec.architecture}, served by upstream vLLM ({profile.name}) as {serve_as}; "
