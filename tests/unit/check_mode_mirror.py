@@ -14,10 +14,10 @@ from tests.fixtures.artifacts.wheels import sha256_of
 MODEL = "fm9g-4b"
 
 
-def check_mode_cache(root: Path, profile: str, lock) -> tuple[Cache, str]:
-    """(the cache the mirror serves, the install set of the model) under ``root``."""
+def check_mode_cache(root: Path, profile: str, lock, model: str = MODEL) -> tuple[Cache, str]:
+    """(the cache the mirror serves, the install set of ``model``) under ``root``."""
     cache = Cache(root / "cache")
-    set_name = lock.set_for_model(MODEL)
+    set_name = lock.set_for_model(model)
     folder = set_folder(cache, profile, set_name)
     folder.mkdir(parents=True)
     (folder / "requirements.txt").write_text(requirements_text(lock, set_name, lock.python_files(set_name)))
@@ -26,7 +26,7 @@ def check_mode_cache(root: Path, profile: str, lock) -> tuple[Cache, str]:
         archive.add(__file__, arcname="FM9G4B/README")
     digest = sha256_of(tarball)
     cache.store(tarball, digest, tarball.name)
-    cache.save_pin(MODEL, {"filename": tarball.name, "sha256": digest, "size": tarball.stat().st_size})
+    cache.save_pin(model, {"filename": tarball.name, "sha256": digest, "size": tarball.stat().st_size})
     return cache, set_name
 
 
