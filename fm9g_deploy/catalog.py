@@ -84,10 +84,6 @@ class ModelSpec(BaseModel):
         except KeyError:
             raise ValueError(f"unknown dtype {name!r}; known: {', '.join(DTYPE_BYTES)}") from None
 
-    def weight_bytes(self, dtype: str | None = None) -> int:
-        """Bytes of all weights in ``dtype`` (default: the model's own, bf16 for FM9G)."""
-        return self.parameter_count * self.dtype_bytes(dtype)
-
     def kv_cache_bytes_per_token(self, dtype: str | None = None) -> int:
         """K and V for every layer: 2 * layers * kv_heads * head_dim * bytes per element."""
         return 2 * self.num_layers * self.num_kv_heads * self.head_dim * self.dtype_bytes(dtype)

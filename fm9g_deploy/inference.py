@@ -24,8 +24,6 @@ GUIDE_DEFAULTS = {
 }
 #: Longest prompt accepted (characters): the runners hold all prompts in one request.
 MAX_PROMPT_CHARS = 100_000
-#: Lines of the runner's standard error kept for error messages.
-STDERR_TAIL_LINES = 40
 
 
 @dataclass

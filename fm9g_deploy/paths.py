@@ -8,7 +8,6 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PLAYBOOKS_DIR = PROJECT_ROOT / "playbooks"
 ROLES_DIR = PROJECT_ROOT / "roles"
 IMAGES_DIR = PROJECT_ROOT / "images"
-INVENTORY_DIR = PROJECT_ROOT / "inventory"
 
 #: The config file looked for beside an inventory when --config is not given.
 CONFIG_FILENAME = "fm9g.yml"

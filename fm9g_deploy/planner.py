@@ -116,10 +116,6 @@ class HostPlan:
     #: Why the plan is what it is, where that is not obvious (reduced context, idle GPUs, ...).
     notes: list[str] = field(default_factory=list)
 
-    @property
-    def used_gpus(self) -> list[int]:
-        return [gpu for replica in self.replicas for gpu in replica.gpus]
-
     def to_dict(self) -> dict[str, Any]:
         return {
             "host": self.host,
@@ -145,11 +141,6 @@ class DeploymentPlan:
         return {"model": self.model, "profile": self.profile,
                 "hosts": {name: plan.to_dict() for name, plan in self.hosts.items()}}
 
-    def to_ansible_vars(self) -> dict[str, dict[str, Any]]:
-        """Per host: {"fm9g_replicas": [{index, port, tensor_parallel_size, gpus,
-        gpu_memory_utilization, max_model_len}, ...]} for the serving role."""
-        return {name: {"fm9g_replicas": [replica.to_dict() for replica in plan.replicas]}
-                for name, plan in self.hosts.items()}
 
 
 # -- entry points -----------------------------------------------------------------------------

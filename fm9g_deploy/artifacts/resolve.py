@@ -67,6 +67,8 @@ class ResolvedFile:
 
 
 def canonical(name: str) -> str:
+    """A distribution's name as pip compares it (PEP 503: runs of -_. become -, lower case): the one
+    normalisation every comparison of package names in fm9g-deploy goes through."""
     from packaging.utils import canonicalize_name
 
     return str(canonicalize_name(name))

@@ -84,7 +84,6 @@ async def send_completion(session: aiohttp.ClientSession, settings: LoadSettings
     result.start_time = start
     last = start
     got_choice = False
-    text: list[str] = []
     try:
         async with asyncio.timeout(settings.request_timeout_s):
             async with session.post(settings.completions_url, json=_payload(settings, prompt),
@@ -120,7 +119,6 @@ async def send_completion(session: aiohttp.ClientSession, settings: LoadSettings
                             else:
                                 result.itl.append(now - last)
                             last = now
-                            text.append(message["choices"][0].get("text") or "")
                         elif message.get("usage"):
                             usage = message["usage"]
                             result.output_tokens = int(usage.get("completion_tokens") or 0)
@@ -141,7 +139,6 @@ async def send_completion(session: aiohttp.ClientSession, settings: LoadSettings
     except (json.JSONDecodeError, UnicodeDecodeError, aiohttp.ClientError) as exc:
         result.error_kind, result.error = type(exc).__name__, _describe(exc)
         return result
-    result.generated_text = "".join(text)
     result.latency = last - start
     if not got_choice:
         result.error_kind, result.error = "no tokens", "the stream ended before any token"

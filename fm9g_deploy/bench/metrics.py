@@ -33,7 +33,6 @@ class RequestResult:
     latency: float = 0.0
     prompt_tokens: int = 0
     output_tokens: int = 0
-    generated_text: str = ""
     error: str = ""
     #: A short class of the error for counting ("HTTP 500", "timeout", "connection", ...).
     error_kind: str = ""

@@ -1,7 +1,5 @@
 """The deployment config: defaults, examples, and one-line errors for every kind of mistake."""
 
-from pathlib import Path
-
 import pytest
 
 from fm9g_deploy.config import DeploymentConfig, default_config_path, load_config, parse_config

@@ -55,16 +55,15 @@ def test_parameter_counts_follow_the_architecture():
     assert 8.5 < billions["fm9g-8b"] < 9.0
 
 
-def test_weight_and_kv_bytes():
+def test_kv_bytes():
     four_b = get_model("fm9g-4b")
-    assert four_b.weight_bytes() == four_b.parameter_count * 2  # bf16
     assert four_b.kv_cache_bytes_per_token() == 2 * 62 * 4 * 64 * 2
     assert get_model("fm9g-70b").kv_cache_bytes_per_token() == 2 * 80 * 64 * 128 * 2
 
 
 def test_per_gpu_shares_under_tensor_parallelism():
     seventy = get_model("fm9g-70b")
-    whole = seventy.weight_bytes()
+    whole = seventy.parameter_count * seventy.dtype_bytes()  # all weights, in the model's bf16
     assert whole / 4 <= seventy.weight_bytes_per_gpu(4) < whole / 4 + 10 * 2**20  # plus replicated norms
     assert seventy.kv_cache_bytes_per_token_per_gpu(4) * 4 == seventy.kv_cache_bytes_per_token()
     four_b = get_model("fm9g-4b")  # 4 KV heads: at TP 8 each GPU keeps a whole KV head
@@ -264,14 +263,13 @@ def test_no_hosts_is_an_error():
 
 # -- output forms ----------------------------------------------------------------------------------------
 
-def test_ansible_vars_and_json():
+def test_replicas_and_json():
     plan = plan_deployment(config("fm9g-70b"), {"a": gpu_host(*[81920] * 8), "b": gpu_host(*[81920] * 4)})
-    variables = plan.to_ansible_vars()
-    assert set(variables) == {"a", "b"}
-    assert variables["b"] == {"fm9g_replicas": [{"index": 0, "port": 8100, "tensor_parallel_size": 4,
-                                                 "gpus": [0, 1, 2, 3], "gpu_memory_utilization": 0.9,
-                                                 "max_model_len": 32768}]}
-    assert [r["gpus"] for r in variables["a"]["fm9g_replicas"]] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert set(plan.hosts) == {"a", "b"}
+    assert [r.to_dict() for r in plan.hosts["b"].replicas] == [{
+        "index": 0, "port": 8100, "tensor_parallel_size": 4, "gpus": [0, 1, 2, 3], "gpu_memory_utilization": 0.9,
+        "max_model_len": 32768}]
+    assert [r.gpus for r in plan.hosts["a"].replicas] == [[0, 1, 2, 3], [4, 5, 6, 7]]
     data = json.loads(json.dumps(plan.to_dict()))
     assert data["model"] == "fm9g-70b" and data["profile"] == "cuda121"
     assert data["hosts"]["a"]["memory_per_gpu"]["full_length_sequences"] >= 1

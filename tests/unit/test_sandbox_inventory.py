@@ -4,7 +4,6 @@ import yaml
 
 from fm9g_deploy.sandbox.hosts import GATEWAY_ROLE, SandboxHost
 from fm9g_deploy.sandbox.inventory import inventory_data, write_sandbox_files
-from tests.conftest import run_cli
 
 MIRROR = "http://sb-mirror:8080"
 
