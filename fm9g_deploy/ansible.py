@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fm9g_deploy import layout
 from fm9g_deploy.errors import OperationFailed, UserError
 from fm9g_deploy.paths import PLAYBOOKS_DIR, PROJECT_ROOT
 
@@ -107,7 +108,8 @@ def run_playbook(
     private = Path(tempfile.mkdtemp(prefix="fm9g-ansible-"))
     try:
         vars_file = private / "extra-vars.json"
-        vars_file.write_text(json.dumps(extra_vars or {}))
+        # Every playbook gets the host layout from its one home (fm9g_deploy/layout.py).
+        vars_file.write_text(json.dumps({"fm9g_layout": layout.host_layout(), **(extra_vars or {})}))
         vars_file.chmod(0o600)
         argv = playbook_argv(playbook, inventory.resolve(), check=check, diff=diff, limit=limit,
                              tags=tags, verbose=verbose, extra_vars_file=vars_file)

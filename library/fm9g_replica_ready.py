@@ -9,23 +9,16 @@ module: fm9g_replica_ready
 short_description: Wait for an FM9G replica to serve, failing fast when its process is gone
 description:
   - Ready means a real answer; C(/v1/models) lists C(served_model_name) and a 1-token completion
-    succeeds. The key is read from C(config_dir)/api-key.env on the host.
+    succeeds. The key is read from C(api_key_file) on the host.
   - Stops waiting within seconds when the replica's process is gone - the unit inactive or failed,
     the container exited, or its supervisor reporting a crash, a restart pause or a crash loop
-    (C(state_file)) - and returns its last journal (or container log) lines as C(log_tail).
+    (the spec's C(state_file)) - and returns its last journal (or container log) lines as C(log_tail).
   - Changes nothing; in check mode it returns at once.
 options:
-  index:
-    description: Replica index (unit fm9g-replica@INDEX).
-    type: int
-    required: true
-  port:
-    description: Loopback port of the replica.
-    type: int
-    required: true
-  served_model_name:
-    description: Model name the replica must list.
-    type: str
+  spec:
+    description: The replica's spec (fm9g_deploy/replica_spec.py), as the host has it - its index,
+      port, unit, served model name and supervisor state file.
+    type: dict
     required: true
   host:
     description: The host's name, for the message.
@@ -39,14 +32,10 @@ options:
     description: Give up once systemd restarted the unit (the supervisor itself) this many times while waiting.
     type: int
     default: 1
-  config_dir:
-    description: Directory of the key file.
+  api_key_file:
+    description: The root-only file holding VLLM_API_KEY.
     type: path
-    default: /etc/fm9g
-  state_file:
-    description: The replica supervisor's state file (its crashes, restart pauses and last cause).
-    type: path
-    default: ""
+    required: true
   log_lines:
     description: Lines of the journal or container log returned when the replica is not ready.
     type: int
@@ -67,29 +56,29 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.fm9g_replicas import (
-    UNIT, api_key, one_token, read_json_object, served_models, unit_properties,
+    api_key, one_token, read_json_object, served_models, unit_properties,
 )
 
 POLL_S = 3
 
 
-def log_tail(module, index, lines):
+def log_tail(module, unit, lines):
     if module.params["container"]:
         _, out, err = module.run_command([module.params["docker"], "logs", "--tail", str(lines),
                                           module.params["container"]])
         return [line for line in (out + err).splitlines() if line.strip()][-lines:]
     _, out, _ = module.run_command(["journalctl", "--no-pager", "-o", "cat", "-n", str(lines), "-u",
-                                    UNIT.format(index=index)])
+                                    unit])
     return [line for line in out.splitlines() if line.strip()]
 
 
-def process_state(module, index):
+def process_state(module, unit):
     """(state, restarts): 'running', 'starting', or why the process is gone; restarts by systemd/Docker."""
     params = module.params
     if not params["container"]:
-        unit = unit_properties(module.run_command, index)
-        active, sub = unit.get("ActiveState", ""), unit.get("SubState", "")
-        restarts = int(unit.get("NRestarts") or 0)
+        properties = unit_properties(module.run_command, unit)
+        active, sub = properties.get("ActiveState", ""), properties.get("SubState", "")
+        restarts = int(properties.get("NRestarts") or 0)
         if active in ("failed", "inactive", "deactivating"):
             return "the unit is %s (%s)" % (active, sub or "?"), restarts
         if sub == "auto-restart":
@@ -120,14 +109,11 @@ def engine_problem(state, crashes_at_start):
 def main():
     module = AnsibleModule(
         argument_spec={
-            "index": {"type": "int", "required": True},
-            "port": {"type": "int", "required": True},
-            "served_model_name": {"type": "str", "required": True},
+            "spec": {"type": "dict", "required": True},
             "host": {"type": "str", "default": ""},
             "timeout": {"type": "int", "default": 900},
             "max_restarts": {"type": "int", "default": 1},
-            "config_dir": {"type": "path", "default": "/etc/fm9g"},
-            "state_file": {"type": "path", "default": ""},
+            "api_key_file": {"type": "path", "required": True},
             "log_lines": {"type": "int", "default": 20},
             "container": {"type": "str", "default": ""},
             "docker": {"type": "str", "default": "docker"},
@@ -137,14 +123,16 @@ def main():
     params = module.params
     if module.check_mode:
         module.exit_json(changed=False, ready=None)
-    key = api_key(params["config_dir"])
+    spec = params["spec"]
+    index, port, unit, served = int(spec["index"]), int(spec["port"]), spec["unit"], spec["served_model_name"]
+    key = api_key(params["api_key_file"])
     started = time.monotonic()
-    _, restarts_at_start = process_state(module, params["index"])
-    crashes_at_start = len(read_json_object(params["state_file"]).get("crashes") or [])
+    _, restarts_at_start = process_state(module, unit)
+    crashes_at_start = len(read_json_object(spec["state_file"]).get("crashes") or [])
     problem, gone = "no answer yet", False
     while time.monotonic() - started < params["timeout"]:
-        state, restarts = process_state(module, params["index"])
-        supervised = read_json_object(params["state_file"])
+        state, restarts = process_state(module, unit)
+        supervised = read_json_object(spec["state_file"])
         gone_because = None
         if state not in ("running", "starting"):
             gone_because = state
@@ -156,19 +144,19 @@ def main():
                 gone_because += "; last cause: %s" % supervised["last_cause"]
             problem, gone = gone_because, True
             break
-        models, problem = served_models(params["port"], key, 10)
-        if params["served_model_name"] in models:
-            problem = one_token(params["port"], key, params["served_model_name"], 60)
+        models, problem = served_models(port, key, 10)
+        if served in models:
+            problem = one_token(port, key, served, 60)
             if problem is None:
                 module.exit_json(changed=False, ready=True, waited_s=round(time.monotonic() - started, 1))
         elif models:
-            problem = "serves %s, not %s" % (", ".join(models), params["served_model_name"])
+            problem = "serves %s, not %s" % (", ".join(models), served)
         time.sleep(POLL_S)
-    where = "%sreplica %d (port %d)" % (params["host"] + " " if params["host"] else "", params["index"], params["port"])
+    where = "%sreplica %d (port %d)" % (params["host"] + " " if params["host"] else "", index, port)
     waited = round(time.monotonic() - started)
     message = ("%s is down after %ds: %s" % (where, waited, problem) if gone
                else "%s is not ready after %ds: %s" % (where, waited, problem))
-    module.fail_json(msg=message, ready=False, log_tail=log_tail(module, params["index"], params["log_lines"]))
+    module.fail_json(msg=message, ready=False, log_tail=log_tail(module, unit, params["log_lines"]))
 
 
 if __name__ == "__main__":

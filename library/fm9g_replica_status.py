@@ -8,7 +8,7 @@ DOCUMENTATION = r"""
 module: fm9g_replica_status
 short_description: Report the FM9G replicas on a host
 description:
-  - Reads the replica settings in C(config_dir) (C(replica-N.env)), asks systemd for each unit's
+  - Reads the replicas' specs as deployed in C(config_dir) (C(replica-N.json)), asks systemd for each unit's
     state (Docker for each container's, in container mode), and asks each replica on loopback for C(/v1/models) with the key from C(api-key.env),
     which the module reads on the host, so the key never travels through Ansible.
   - Adds what each replica's supervisor knows (engine restarts, the last crash's cause, a crash loop)
@@ -16,18 +16,17 @@ description:
   - Changes nothing; supports check mode.
 options:
   config_dir:
-    description: Directory of the replica settings and the key file.
+    description: Directory of the replicas' specs (C(replica-N.json)) and environments (C(replica-N.env)).
     type: path
-    default: /etc/fm9g
+    required: true
+  api_key_file:
+    description: The root-only file holding VLLM_API_KEY.
+    type: path
+    required: true
   timeout:
     description: Seconds to wait for each replica's answer.
     type: float
     default: 5
-  serve_mode:
-    description: C(systemd) (a unit per replica) or C(container) (a container per replica).
-    type: str
-    choices: [systemd, container]
-    default: systemd
   container_cli:
     description: The Docker CLI, in container mode.
     type: str
@@ -36,10 +35,10 @@ options:
     description: Prefix of the replica containers' names (the host's own container name and a dash, in the sandbox).
     type: str
     default: ""
-  state_dir:
-    description: Where the replica supervisors keep their state (restarts, last cause) and the engine probe its answer.
-    type: path
-    default: /var/lib/fm9g
+  engine_probe_cache:
+    description: The engine probe's answer, per serving mode (why a replica runs in a fallback dtype).
+    type: dict
+    required: true
 author: fm9g-deploy
 """
 
@@ -47,29 +46,27 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.fm9g_replicas import (
-    UNIT, api_key, container_properties, read_env_file, read_json_object, replica_env_paths, replica_index,
-    served_models, supervisor_state_path, unit_properties, uptime_seconds,
+    api_key, container_properties, deployed_specs, read_env_file, read_json_object, served_models,
+    unit_properties, uptime_seconds,
 )
-from ansible.module_utils.fm9g_container import container_name
 
 
-def replica_status(module, path, key):
+def replica_status(module, spec, key):
     p = module.params
-    index = replica_index(path)
-    settings = read_env_file(path)
-    port = int(settings.get("FM9G_PORT", 0))
-    if p["serve_mode"] == "container":
-        name = container_name(p["container_prefix"], index)
+    index, port, mode = int(spec["index"]), int(spec["port"]), spec.get("serve_mode", "systemd")
+    environment = read_env_file(os.path.join(p["config_dir"], "replica-%d.env" % index)) \
+        if os.path.exists(os.path.join(p["config_dir"], "replica-%d.env" % index)) else {}
+    if mode == "container":
+        name = p["container_prefix"] + spec["container"]
         unit = container_properties(module.run_command, p["container_cli"], name)
         uptime = unit["uptime_s"]
     else:
-        name = UNIT.format(index=index)
-        unit = unit_properties(module.run_command, index)
+        name = spec["unit"]
+        unit = unit_properties(module.run_command, name)
         uptime = uptime_seconds(unit)
-    models, problem = served_models(port, key, p["timeout"]) if port else ([], "no port")
-    supervised = read_json_object(supervisor_state_path(p["state_dir"], p["serve_mode"], index))
-    probe_dir = os.path.join(p["state_dir"], "probe") if p["serve_mode"] == "container" else p["state_dir"]
-    probe = read_json_object(os.path.join(probe_dir, "engine-probe.json")).get("result") or {}
+    models, problem = served_models(port, key, p["timeout"])
+    supervised = read_json_object(spec["state_file"])
+    probe = read_json_object(p["engine_probe_cache"].get(mode, "")).get("result") or {}
     engine_restarts = int(supervised.get("restarts") or 0)
     if supervised.get("state") == "failed":
         problem = "marked failed: %s" % supervised.get("last_cause")
@@ -77,9 +74,9 @@ def replica_status(module, path, key):
         "index": index,
         "unit": name,
         "port": port,
-        "tensor_parallel_size": int(settings.get("FM9G_TENSOR_PARALLEL_SIZE", 1)),
-        "gpus": settings.get("CUDA_VISIBLE_DEVICES", ""),
-        "max_model_len": int(settings.get("FM9G_MAX_MODEL_LEN", 0)),
+        "tensor_parallel_size": int(spec["tensor_parallel_size"]),
+        "gpus": ",".join(str(gpu) for gpu in spec.get("gpus") or []),
+        "max_model_len": int(spec["max_model_len"]),
         "active_state": unit.get("ActiveState", "unknown"),
         "sub_state": unit.get("SubState", "unknown"),
         "enabled": unit.get("UnitFileState", "unknown"),
@@ -87,7 +84,7 @@ def replica_status(module, path, key):
         "engine_state": supervised.get("state", "unknown"),
         "last_cause": supervised.get("last_cause"),
         "crashes_recent": len(supervised.get("crashes") or []),
-        "dtype": settings.get("FM9G_DTYPE", ""),
+        "dtype": environment.get("FM9G_DTYPE", ""),
         "dtype_note": probe.get("reason", "") if probe.get("fell_back") else "",
         "main_pid": int(unit.get("MainPID") or 0),
         "uptime_s": uptime,
@@ -99,17 +96,16 @@ def replica_status(module, path, key):
 
 def main():
     module = AnsibleModule(
-        argument_spec={"config_dir": {"type": "path", "default": "/etc/fm9g"},
+        argument_spec={"config_dir": {"type": "path", "required": True},
+                       "api_key_file": {"type": "path", "required": True},
                        "timeout": {"type": "float", "default": 5.0},
-                       "serve_mode": {"type": "str", "choices": ["systemd", "container"], "default": "systemd"},
                        "container_cli": {"type": "str", "default": "docker"},
                        "container_prefix": {"type": "str", "default": ""},
-                       "state_dir": {"type": "path", "default": "/var/lib/fm9g"}},
+                       "engine_probe_cache": {"type": "dict", "required": True}},
         supports_check_mode=True,
     )
-    config_dir = module.params["config_dir"]
-    key = api_key(config_dir)
-    replicas = [replica_status(module, path, key) for path in replica_env_paths(config_dir)]
+    key = api_key(module.params["api_key_file"])
+    replicas = [replica_status(module, spec, key) for spec in deployed_specs(module.params["config_dir"])]
     module.exit_json(changed=False, replicas=replicas)
 
 

@@ -1,8 +1,9 @@
 """Shared by the container serving mode: the `docker run` argv of a replica and its fingerprint.
 
-Runs on the host (stdlib only). A replica container runs the serving image's entry point with
-the same FM9G_* settings a systemd replica gets; it joins the host's network (or, where the host
-is itself a container of the same engine, that container's) and listens on loopback only.
+Runs on the host (stdlib only). A replica container runs the replica spec's command line
+(fm9g_deploy/replica_spec.py) through the serving image's entry point, which reads the mounted
+key file; it joins the host's network (or, where the host is itself a container of the same
+engine, that container's) and listens on loopback only.
 """
 
 import hashlib
@@ -11,15 +12,6 @@ import json
 REPLICA_LABEL = "io.fm9g.replica"
 OWNER_LABEL = "io.fm9g.replica-of"
 FINGERPRINT_LABEL = "io.fm9g.fingerprint"
-MODEL_TARGET = "/model"
-KEY_TARGET = "/run/secrets/fm9g_api_key"
-#: The replica supervisor's state (restarts, crash history, last cause) lives on the host, so it
-#: survives the container and `status` reads it there.
-STATE_TARGET = "/var/lib/fm9g/state"
-
-
-def container_name(prefix, index):
-    return "%sfm9g-replica-%d" % (prefix or "", int(index))
 
 
 def gpus_value(gpus):
@@ -33,12 +25,11 @@ def _mount(source, target, readonly=True):
     return "type=bind,source=%s,target=%s%s" % (source, target, ",readonly" if readonly else "")
 
 
-def run_argv(docker, name, image, index, owner, settings, gpus, network, model_source, key_source,
-             restart="on-failure", stop_timeout=60, state_source=None):
-    """The `docker run` argv (without the fingerprint label and image) of one replica.
+def run_argv(docker, name, index, owner, environment, gpus, network, mounts, restart="on-failure", stop_timeout=60):
+    """The `docker run` options (without the fingerprint label, the image and its command) of one replica.
 
-    ``settings`` are the FM9G_* variables (and VLLM_CPU_KVCACHE_SPACE on CPU hosts), passed with
-    --env so `docker inspect` shows them; the API key is never among them: it is a mounted file.
+    ``environment`` is the spec's, passed with --env so `docker inspect` shows it; the API key is
+    never in it: it is a mounted file. ``mounts``: (source on the engine's filesystem, target, read-only).
     """
     # --init: the supervisor is not PID 1, so the engine's orphaned workers are reaped.
     argv = [docker, "run", "--detach", "--init", "--name", name,
@@ -47,20 +38,20 @@ def run_argv(docker, name, image, index, owner, settings, gpus, network, model_s
             "--label", "%s=%d" % (REPLICA_LABEL, int(index)), "--label", "%s=%s" % (OWNER_LABEL, owner)]
     if gpus:
         argv += ["--gpus", gpus_value(gpus)]
-    for key in sorted(settings):
+    for key in sorted(environment):
         if "KEY" in key.upper() and key != "FM9G_API_KEY_FILE":
             raise ValueError("the API key is mounted as a file, never passed as %s" % key)
-        argv += ["--env", "%s=%s" % (key, settings[key])]
-    argv += ["--mount", _mount(model_source, MODEL_TARGET), "--mount", _mount(key_source, KEY_TARGET)]
-    if state_source:
-        argv += ["--mount", _mount(state_source, STATE_TARGET, readonly=False)]
+        argv += ["--env", "%s=%s" % (key, environment[key])]
+    for source, target, readonly in mounts:
+        argv += ["--mount", _mount(source, target, readonly)]
     return argv
 
 
-def fingerprint(argv, image_id, extra):
-    """What the replica runs with: its argv, the image's id (a rebuilt tag counts) and ``extra``."""
-    return hashlib.sha256(json.dumps([argv, image_id, extra]).encode("utf-8")).hexdigest()[:32]
+def fingerprint(argv, command, image_id, extra):
+    """What the replica runs with: its options, its command, the image's id (a rebuilt tag counts), ``extra``."""
+    return hashlib.sha256(json.dumps([argv, command, image_id, extra]).encode("utf-8")).hexdigest()[:32]
 
 
-def full_argv(argv, fingerprint_value, image):
-    return argv + ["--label", "%s=%s" % (FINGERPRINT_LABEL, fingerprint_value), image]
+def full_argv(argv, fingerprint_value, image, command):
+    """The whole `docker run`: the image's entry point gets ``--`` and the spec's command line."""
+    return argv + ["--label", "%s=%s" % (FINGERPRINT_LABEL, fingerprint_value), image, "--"] + list(command)

@@ -1,4 +1,4 @@
-"""Shared by the fm9g_replica_* modules: replica settings, unit state, and real requests.
+"""Shared by the fm9g_replica_* modules: the replicas' specs as deployed, unit state, real requests.
 
 Runs on the host (stdlib only). The API key is read from the root-only env file here, on the
 host, so it never travels through Ansible.
@@ -13,7 +13,6 @@ import time
 import urllib.error
 import urllib.request
 
-UNIT = "fm9g-replica@{index}.service"
 PROPERTIES = ("ActiveState", "SubState", "UnitFileState", "NRestarts", "ExecMainStartTimestampMonotonic", "MainPID")
 
 
@@ -38,29 +37,20 @@ def read_json_object(path):
     return data if isinstance(data, dict) else {}
 
 
-def supervisor_state_path(state_dir, serve_mode, index):
-    """Where replica ``index``'s supervisor keeps its state on the host."""
-    if serve_mode == "container":
-        return os.path.join(state_dir, "containers", "replica-%d" % int(index), "replica.state.json")
-    return os.path.join(state_dir, "replica-%d.state.json" % int(index))
-
-
-def api_key(config_dir):
-    path = os.path.join(config_dir, "api-key.env")
+def api_key(path):
+    """The key in the root-only env file ``path`` (VLLM_API_KEY=...), or "" when there is none."""
     return read_env_file(path).get("VLLM_API_KEY", "") if os.path.exists(path) else ""
 
 
-def replica_env_paths(config_dir):
-    paths = glob.glob(os.path.join(config_dir, "replica-*.env"))
-    return sorted(paths, key=replica_index)
+def deployed_specs(config_dir):
+    """The specs of the replicas deployed on this host (replica-N.json), by index."""
+    specs = [read_json_object(path) for path in glob.glob(os.path.join(config_dir, "replica-*.json"))]
+    return sorted((spec for spec in specs if re.match(r"^\d+$", str(spec.get("index", "")))),
+                  key=lambda spec: int(spec["index"]))
 
 
-def replica_index(path):
-    return int(re.search(r"replica-(\d+)\.env$", path).group(1))
-
-
-def unit_properties(run_command, index):
-    rc, out, _ = run_command(["systemctl", "show", UNIT.format(index=index), "--property=" + ",".join(PROPERTIES)])
+def unit_properties(run_command, unit):
+    rc, out, _ = run_command(["systemctl", "show", unit, "--property=" + ",".join(PROPERTIES)])
     return dict(line.split("=", 1) for line in out.splitlines() if "=" in line) if rc == 0 else {}
 
 

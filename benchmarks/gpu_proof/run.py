@@ -10,8 +10,8 @@ profile's wheels installed offline (benchmarks/gpu_proof/README.md says how they
 2. an FM9G-4B-shaped random-weight checkpoint (real shapes, FM9G's config and scales, bf16),
    built on the GPU at the path the serve role serves from, then mapped for upstream vLLM with
    fm9g_deploy/architecture.py (what the fm9g_model_config module does on hosts);
-3. the replica's command line and environment rendered from the serve role's systemd unit
-   (fm9g_deploy/replica_command.py), started as systemd would start it (no systemd here);
+3. the replica's command line and environment from its spec, as the serve roles run it
+   (fm9g_deploy/replica_spec.py), started as systemd would start it (no systemd here);
 4. time to ready (cold, then warm), vLLM's memory figures against the planner's, 401 without
    the key, `fm9g-deploy bench` against `vllm bench serve`, the verify suite's GPU checks;
 5. the numerical proof's vLLM runs (bf16) on the two tiny FM9G checkpoints and a wrong mapping.
@@ -41,6 +41,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(PROJECT_ROOT))
@@ -84,10 +85,9 @@ def gpu_facts():
 def plan_and_render(results: Results):
     """The plan for this host and the replica's launch, through the project's code."""
     from fm9g_deploy.config import parse_config
-    from fm9g_deploy.hostvars import replica_runtime_vars
     from fm9g_deploy.planner import plan_deployment
     from fm9g_deploy.profiles import load_profile
-    from fm9g_deploy.replica_command import replica_launch
+    from fm9g_deploy.replica_spec import plan_specs, serve_settings
 
     facts = gpu_facts()
     config = parse_config(f"profile: {PROFILE}\nmodel: {{name: {MODEL}}}\n")
@@ -95,10 +95,10 @@ def plan_and_render(results: Results):
     if not plan.to_dict()["hosts"]["gpu-host"]["memory_per_gpu"]:
         results.record("plan", {"gpu_facts": facts.to_dict(), "note": "no GPU: a CPU plan"})
     host = plan.to_dict()["hosts"]["gpu-host"]
-    replica = plan.to_ansible_vars()["gpu-host"]["fm9g_replicas"][0]
+    replica_spec = plan_specs(serve_settings(config, load_profile(PROFILE)), plan, extra_env=EXTRA_ENV)["gpu-host"][0]
+    replica = replica_spec.to_dict()
     api_key = secrets.token_urlsafe(24)
-    serve_vars = {**replica_runtime_vars(config, load_profile(PROFILE), api_key), "fm9g_serve_extra_env": EXTRA_ENV}
-    launch = replica_launch(serve_vars, replica, hostname="gpu-host")
+    launch = Launch.of(replica_spec, api_key)
     shown = [("<key>" if word == api_key else word) for word in launch.argv]
     results.record("rendered_command", {"argv": shown, "environment": sorted(launch.environment)})
     spec = get_model(MODEL)
@@ -122,17 +122,17 @@ def dry_run(gpus: str, model: str, serving: dict | None = None) -> dict:
     import yaml
 
     from fm9g_deploy.config import parse_config
-    from fm9g_deploy.hostvars import replica_runtime_vars
     from fm9g_deploy.planner import hypothetical_host, plan_deployment
     from fm9g_deploy.profiles import load_profile
-    from fm9g_deploy.replica_command import replica_launch
+    from fm9g_deploy.replica_spec import plan_specs, serve_settings
 
     config = parse_config(yaml.safe_dump({"profile": PROFILE, "model": {"name": model}, "serving": serving or {}}))
     plan = plan_deployment(config, {"gpu-host": hypothetical_host(gpus)}, check_driver=False)
-    serve_vars = {**replica_runtime_vars(config, load_profile(PROFILE), "<key>"), "fm9g_serve_extra_env": EXTRA_ENV}
     replicas = []
-    for replica in plan.to_ansible_vars()["gpu-host"]["fm9g_replicas"]:
-        launch = replica_launch(serve_vars, replica, hostname="gpu-host")
+    for replica_spec in plan_specs(serve_settings(config, load_profile(PROFILE)), plan, extra_env=EXTRA_ENV)["gpu-host"]:
+        launch = Launch.of(replica_spec, "<key>")
+        replica = {key: value for key, value in replica_spec.to_dict().items()
+                   if key in ("index", "port", "tensor_parallel_size", "gpus", "gpu_memory_utilization", "max_model_len")}
         replicas.append({"replica": replica, "argv": launch.argv,
                          "environment": {k: v for k, v in sorted(launch.environment.items()) if k != "VLLM_API_KEY"}})
     return {"gpus": gpus, "model": model, "serving": serving or {}, "plan": plan.to_dict()["hosts"]["gpu-host"],
@@ -205,12 +205,30 @@ def _map(model_dir: Path, name: str, *, drop_residual_scale: bool = False) -> di
     return mapped
 
 
+class Launch(NamedTuple):
+    """A replica spec as systemd starts it: its command line with ``${FM9G_DTYPE}`` filled in, its
+    environment with the key (systemd reads that from the root-only api-key.env)."""
+
+    argv: list
+    environment: dict
+
+    @classmethod
+    def of(cls, replica_spec, api_key: str) -> "Launch":
+        from fm9g_deploy.replica_spec import expand
+
+        return cls(argv=expand(replica_spec.argv, replica_spec.environment),
+                   environment={**replica_spec.environment, "VLLM_API_KEY": api_key})
+
+    def vllm_argv(self) -> list:
+        return self.argv[self.argv.index("--") + 1:]
+
+
 def start(launch, log: Path) -> subprocess.Popen:
-    """The rendered ExecStart as systemd runs it: its environment only, the env's Python here."""
+    """The spec's command as systemd runs it: its environment only, the env's Python here."""
     argv = [sys.executable if word.endswith("/bin/python") else word for word in launch.argv]
     supervisor = Path(argv[1])
     supervisor.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy(PROJECT_ROOT / "roles/fm9g_serve/files" / supervisor.name, supervisor)
+    shutil.copy(PROJECT_ROOT / "roles/fm9g_replica/files" / supervisor.name, supervisor)
     Path(launch.environment["HOME"]).mkdir(parents=True, exist_ok=True)
     environment = {"PATH": os.environ["PATH"], "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
                    "LANG": "C.UTF-8", **launch.environment}
@@ -400,10 +418,8 @@ def main() -> int:
     elif args.step == "dry-run":
         results.record("dry_runs", [dry_run(*run) for run in MULTI_GPU_DRY_RUNS])
     else:
-        from fm9g_deploy.replica_command import ReplicaLaunch
-
         state = json.loads(STATE.read_text())
-        launch = ReplicaLaunch(argv=state["argv"], environment=state["environment"], unit="")
+        launch = Launch(argv=state["argv"], environment=state["environment"])
         process = start(launch, log)
         results.record("ready_warm_s", wait_ready(process, state["replica"]["port"], state["api_key"]))
         results.record("stop_warm_s", stop(process))

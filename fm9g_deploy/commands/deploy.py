@@ -56,11 +56,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"API key: {source}")
     extra_vars = {**serve_vars(stack, plan, api_key, accept_downtime=args.accept_downtime),
                   "fm9g_rollout_batch": args.batch}
-    if args.limit and extra_vars["fm9g_serve_fleet_replicas"] < 2:
+    if args.limit and extra_vars["fm9g_rollout_fleet_replicas"] < 2:
         # --limit plans the named hosts only; whether their one replica is the fleet's only one is
         # a question about every serving host.
         whole = plan_deployment(config, gather_gpu_facts(inventory))
-        extra_vars["fm9g_serve_fleet_replicas"] = sum(len(host.replicas) for host in whole.hosts.values())
+        extra_vars["fm9g_rollout_fleet_replicas"] = sum(len(host.replicas) for host in whole.hosts.values())
     result = run_playbook("serve.yml", inventory, extra_vars=extra_vars, check=args.check, diff=args.diff,
                           limit=args.limit, tags=args.tags, verbose=args.verbose)
     print_summary(result, "deploy (check mode)" if args.check else "deploy")

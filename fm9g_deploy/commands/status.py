@@ -50,7 +50,6 @@ def collect_status(inventory, config, limit=None) -> dict:
             "fm9g_status_dir": folder,
             "fm9g_status_model_current": layout.model_current(config),
             "fm9g_status_env_prefix": layout.env_prefix(profile.env.name),
-            "fm9g_serve_mode": config.serving.serve_mode,
         })
         reports = {path.stem: json.loads(path.read_text()) for path in sorted(Path(folder).glob("*.json"))}
     if not result.ok and not reports:
@@ -113,8 +112,8 @@ def run_stop(args: argparse.Namespace) -> int:
         raise UserError(f"--replica {min(args.replica)}: replica indexes start at 0; see `fm9g-deploy status`")
     config = config_for(args)
     result = run_playbook("stop.yml", inventory_path(args), limit=args.limit, check=args.check,
-                          extra_vars={"fm9g_serve_mode": config.serving.serve_mode,
-                                      "fm9g_serve_drain_timeout_s": config.serving.drain_timeout_s,
-                                      "fm9g_serve_stop_indexes": sorted(set(args.replica))})
+                          extra_vars={"fm9g_replica_mode": config.serving.serve_mode,
+                                      "fm9g_rollout_drain_timeout_s": config.serving.drain_timeout_s,
+                                      "fm9g_rollout_stop_indexes": sorted(set(args.replica))})
     print_summary(result, "stop (check mode)" if args.check else "stop")
     return 0

@@ -46,7 +46,7 @@ def inventory_data(hosts, private_key: Path, mirror_url: str, gateway=None) -> d
         entry["fm9g_serving_address"] = host.name
         if getattr(host, "engine_socket", False):
             # Container serving mode: replicas run on this machine's engine, in the host's namespaces.
-            entry["fm9g_serve_container_host_container"] = host.name
+            entry["fm9g_replica_container_host_container"] = host.name
     children = {"serving": {"hosts": host_vars}}
     if gateway is not None:
         # The fleet gateway host (`sandbox up --gateway`): playbooks/serve.yml's second play.

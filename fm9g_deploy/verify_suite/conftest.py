@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from fm9g_deploy.verify_suite.facts import FACTS_ENV, GATEWAY_UNIT, REPLICA_UNIT, FactsError, read_facts
+from fm9g_deploy.layout import replica_unit as unit_of_replica
+from fm9g_deploy.verify_suite.facts import FACTS_ENV, GATEWAY_UNIT, FactsError, read_facts
 from fm9g_deploy.verify_suite.support import fail, journal, last_line, one_line, redact, share_ssh_connection
 
 #: Unit aliases the journal marker takes.
@@ -83,7 +84,7 @@ def replica(host_facts, replica_index) -> dict:
 
 @pytest.fixture
 def replica_unit(replica) -> str:
-    return REPLICA_UNIT.format(index=replica["index"])
+    return replica["unit"]
 
 
 @pytest.fixture
@@ -174,7 +175,7 @@ def _journals(item):
         if unit == REPLICAS:
             indexes = ([params.params["replica_index"]] if "replica_index" in params.params
                        else [r["index"] for r in facts.hosts[hostname].replicas])
-            units += [REPLICA_UNIT.format(index=index) for index in indexes]
+            units += [unit_of_replica(index) for index in indexes]
         else:
             units.append(GATEWAY_UNIT if unit == GATEWAY else unit)
     if isinstance(item.config.fm9g_hosts.get(hostname), str):

@@ -13,11 +13,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fm9g_deploy.layout import API_KEY_FILE
+
 #: Environment variable naming the facts file (the --fm9g-facts option wins over it).
 FACTS_ENV = "FM9G_VERIFY_FACTS"
 FACTS_VERSION = 1
-#: systemd unit of replica N (the serve role's template unit).
-REPLICA_UNIT = "fm9g-replica@{index}.service"
 GATEWAY_UNIT = "nginx.service"
 #: The packages whose versions must match the lock: role -> module imported to prove it loads.
 CHECKED_PACKAGES = {"torch": "torch", "transformers": "transformers", "vllm": "vllm"}
@@ -43,7 +43,7 @@ class HostFacts:
     accelerator: str
     #: NVIDIA GPUs the planner saw on the host (0: none, or not read).
     gpu_count: int
-    #: The planned replicas: index, port, tensor_parallel_size, gpus, max_model_len, ...
+    #: The specs of its replicas (fm9g_deploy/replica_spec.py), as deploy builds them from the plan.
     replicas: list[dict[str, Any]]
 
 
@@ -79,7 +79,7 @@ class DeploymentFacts:
 
     @property
     def api_key_file(self) -> str:
-        return f"{self.config_dir}/api-key.env"
+        return API_KEY_FILE
 
     def to_dict(self) -> dict[str, Any]:
         return {"facts_version": FACTS_VERSION, **asdict(self)}

@@ -176,7 +176,7 @@ def unit_property(host, unit: str, name: str) -> str:
     return host.run("systemctl show -p %s --value %s", name, unit).stdout.strip()
 
 
-#: The module the replica units run (roles/fm9g_serve/templates/fm9g-replica@.service.j2).
+#: The module the replica units run (fm9g_deploy/replica_spec.py).
 API_SERVER = "vllm.entrypoints.openai.api_server"
 
 
@@ -244,3 +244,20 @@ def main_process(table: dict[int, tuple[int | None, str]], pids) -> int:
     roots = [pid for pid in pids if table.get(pid, (None, ""))[0] not in pids]
     servers = [pid for pid in roots if runs_api_server(table.get(pid, (None, ""))[1])]
     return min(servers or roots or pids)
+
+
+def replica_process(host, replica) -> int:
+    """The pid of the process that listens on the replica's port (``ss``; /proc where ss names no owner)."""
+    port, index = replica["port"], replica["index"]
+    # A host without iproute2 (a bare GPU box): the API server's command line names its port.
+    sockets = [s for s in listening_tcp(host) if s.port == port] if host.exists("ss") else None
+    expect(sockets is None or sockets, f"no process listens on port {port}: is replica {index} running?")
+    owners = frozenset().union(*(s.pids for s in sockets or ()))
+    if owners:
+        return main_process(processes(host, owners), owners)
+    # ss names no owner (a process in another PID namespace, an ss without -p): look for the server.
+    table = processes(host)
+    servers = [pid for pid, (_, command) in table.items() if runs_api_server(command, port)]
+    expect(servers, f"port {port} is open but ss names no process there and no {API_SERVER} --port {port} "
+           f"runs: is replica {index} running?")
+    return main_process(table, servers)

@@ -31,7 +31,7 @@ def container(host, facts, hostname, replica) -> dict:
     mode = _serve_mode(facts)
     if mode == "systemd":
         pytest.skip("serve_mode systemd: the replicas are units (see the service checks)")
-    owner = host.ansible.get_variables().get("fm9g_serve_container_host_container") or hostname
+    owner = host.ansible.get_variables().get("fm9g_replica_container_host_container") or hostname
     with as_root(host):
         listing = host.run("docker ps --all --filter label=%s=%s --filter label=%s=%s --format '{{.ID}}'",
                            REPLICA_LABEL, str(replica["index"]), OWNER_LABEL, owner)

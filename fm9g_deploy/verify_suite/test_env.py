@@ -87,7 +87,7 @@ def _same_version(installed: str, locked: str) -> bool:
 _PIP_MISSING = re.compile(r"requires (\S+?),? which is not installed", re.IGNORECASE)
 
 
-def _canonical(name: str) -> str:
+def _canonical(name: str) -> str:  # noqa: D103
     return re.sub(r"[-_.]+", "-", name).lower()
 
 

@@ -12,16 +12,12 @@ import pytest
 
 from fm9g_deploy.gpu import QUERY_GPU_ARGS, parse_query_gpu
 from fm9g_deploy.verify_suite.support import (
-    API_SERVER,
     expect,
     fail,
     last_line,
-    listening_tcp,
-    main_process,
     one_line,
     process_environment,
-    processes,
-    runs_api_server,
+    replica_process,
 )
 
 #: Counting devices initialises CUDA without making a context on them: safe beside running replicas.
@@ -109,23 +105,6 @@ def test_live_gpus_match_the_plan(host, hostname, host_facts):
                f"which nvidia-smi does not show on {hostname} (it shows {', '.join(map(str, indexes)) or 'none'})")
 
 
-def _replica_process(host, replica) -> int:
-    """The pid of the process that listens on the replica's port (``ss``; /proc where ss names no owner)."""
-    port, index = replica["port"], replica["index"]
-    # A host without iproute2 (a bare GPU box): the API server's command line names its port.
-    sockets = [s for s in listening_tcp(host) if s.port == port] if host.exists("ss") else None
-    expect(sockets is None or sockets, f"no process listens on port {port}: is replica {index} running?")
-    owners = frozenset().union(*(s.pids for s in sockets or ()))
-    if owners:
-        return main_process(processes(host, owners), owners)
-    # ss names no owner (a process in another PID namespace, an ss without -p): look for the server.
-    table = processes(host)
-    servers = [pid for pid, (_, command) in table.items() if runs_api_server(command, port)]
-    expect(servers, f"port {port} is open but ss names no process there and no {API_SERVER} --port {port} "
-           f"runs: is replica {index} running?")
-    return main_process(table, servers)
-
-
 @pytest.mark.journal("replicas")
 def test_replica_process_has_its_gpus(host, hostname, host_facts, replica, facts):
     """the running replica sees exactly its planned GPUs"""
@@ -134,7 +113,7 @@ def test_replica_process_has_its_gpus(host, hostname, host_facts, replica, facts
         pytest.skip("serve_mode container: the replica containers' GPUs are checked by the container checks")
     index, port, gpus = replica["index"], replica["port"], replica["gpus"]
     expect(gpus, f"the plan gives replica {index} no GPU on a host with {host_facts.gpu_count}")
-    pid = _replica_process(host, replica)
+    pid = replica_process(host, replica)
     who = f"replica {index} (port {port}, pid {pid})"
     # Only the two variables are read back: the rest of the environment holds the API key.
     env, problem = process_environment(host, pid, (VISIBLE, ORDER))

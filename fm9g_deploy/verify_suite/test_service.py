@@ -4,10 +4,12 @@ root-only and holding the deployment's key; the key on no process's command line
 from __future__ import annotations
 
 import hmac
+import json
 import re
 
 import pytest
 
+from fm9g_deploy.replica_spec import ReplicaSpec
 from fm9g_deploy.verify_suite.support import (
     as_root,
     describe_state,
@@ -16,6 +18,7 @@ from fm9g_deploy.verify_suite.support import (
     last_line,
     listening_tcp,
     processes,
+    replica_process,
     unit_pids,
     unit_property,
 )
@@ -35,6 +38,30 @@ def test_replica_unit_is_running(host, replica_unit):
     """unit running"""
     active, sub = unit_property(host, replica_unit, "ActiveState"), unit_property(host, replica_unit, "SubState")
     expect((active, sub) == ("active", "running"), f"{replica_unit} is {describe_state(active, sub)}")
+
+
+@pytest.mark.journal("replicas")
+def test_replica_runs_its_spec(host, replica, replica_unit, facts):
+    """runs its spec"""
+    index = replica["index"]
+    path = f"{facts.config_dir}/replica-{index}.json"
+    deployed = host.file(path)
+    expect(deployed.exists, f"{path} is missing: replica {index} was not deployed by this fm9g-deploy; "
+           "run `fm9g-deploy deploy`")
+    try:
+        on_host = json.loads(deployed.content_string)
+    except ValueError:
+        fail(f"{path} is not JSON; run `fm9g-deploy deploy`")
+    changed = sorted(key for key in set(replica) | set(on_host) if replica.get(key) != on_host.get(key))
+    expect(not changed, f"replica {index} was deployed with another spec ({', '.join(changed)} differ from "
+           "what the config, the profile and the plan give now); run `fm9g-deploy deploy`")
+    # The running server's own command line, with the dtype this host runs in (its environment file).
+    environment = host.file(f"{facts.config_dir}/replica-{index}.env").content_string
+    dtype = re.search(r"(?m)^FM9G_DTYPE=(.*)$", environment)
+    wanted = " ".join(ReplicaSpec(**replica).vllm_argv({"FM9G_DTYPE": dtype.group(1) if dtype else ""}))
+    pid = replica_process(host, replica)
+    running = processes(host, [pid]).get(pid, (None, ""))[1]
+    expect(running == wanted, f"replica {index} (pid {pid}) runs `{running[:200]}`, not its spec's `{wanted[:200]}`")
 
 
 def test_replica_unit_restarts_on_failure(host, replica_unit):

@@ -5,7 +5,10 @@
 # up after a crash loop: then it exits 0, so Docker's on-failure policy leaves the container
 # stopped, marked failed in the state file under $FM9G_STATE_DIR). FM9G_SUPERVISE=0 runs vLLM bare.
 #   fm9g-entrypoint [EXTRA VLLM ARGS...]   start the server
-#   fm9g-entrypoint --print-argv           print the command, one argument a line, and exit
+#   fm9g-entrypoint --print-argv [-- ...]  print the command, one argument a line, and exit
+#   fm9g-entrypoint -- COMMAND...          run COMMAND as given (a replica spec's, which is how
+#                                          fm9g-deploy runs replicas); like systemd, a word that
+#                                          is exactly ${NAME} becomes that variable's value
 # The API key is never an argument (it would show in `ps`): vLLM reads VLLM_API_KEY, set here
 # from the environment or from the file $FM9G_API_KEY_FILE (a plain key, or VLLM_API_KEY=... as
 # in the hosts' api-key.env), which is mounted at run time and never part of the image.
@@ -34,7 +37,24 @@ if [ "${FM9G_SUPERVISE:-1}" = 1 ]; then
           "${supervisor[@]}" --give-up-exit-code 0 -- "${argv[@]}")
 fi
 
+print_only=0
 if [ "${1:-}" = --print-argv ]; then
+    print_only=1
+    shift
+fi
+if [ "${1:-}" = -- ]; then
+    shift
+    argv=()
+    for word in "$@"; do
+        if [[ $word =~ ^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$ ]]; then
+            name=${BASH_REMATCH[1]}
+            word=${!name:-}
+        fi
+        argv+=("$word")
+    done
+    set --
+fi
+if [ "$print_only" = 1 ]; then
     printf '%s\n' "${argv[@]}"
     exit 0
 fi

@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import PROJECT_ROOT
 
-PROBE = PROJECT_ROOT / "roles" / "fm9g_serve" / "files" / "fm9g_engine_probe.py"
+PROBE = PROJECT_ROOT / "roles" / "fm9g_replica" / "files" / "fm9g_engine_probe.py"
 FAKE_ENGINE = PROJECT_ROOT / "tests" / "doubles" / "fake_engine_python.py"
 FAKE_VARS = ("FAKE_CALLS_FILE", "FAKE_GRANDCHILD_PIDFILE", "FAKE_SLEEP", "FAKE_FAULT_DTYPES", "FAKE_EXIT",
              "FAKE_DIED_EXIT0")

@@ -13,19 +13,10 @@ import pytest
 
 from fm9g_deploy.image.render import CONTEXT_SOURCE
 from fm9g_deploy.profiles import load_profile
-from tests.unit.role_render import render_role_template
+from fm9g_deploy.replica_spec import expand
+from tests.unit.role_render import replica_spec
 
 ENTRYPOINT = CONTEXT_SOURCE / "entrypoint.sh"
-
-
-def systemd_argv(**overrides) -> tuple[list[str], dict[str, str]]:
-    """The unit's ExecStart with its ${FM9G_*} filled from the replica's environment file."""
-    unit = render_role_template("fm9g-replica@.service.j2", **overrides)
-    environment = dict(line.split("=", 1) for line in render_role_template("replica.env.j2", **overrides).splitlines()
-                       if line and not line.startswith("#"))
-    exec_start = re.search(r"^ExecStart=(.*?)(?<!\\)\n", unit.replace("\\\n", " "), re.M | re.S).group(1)
-    filled = re.sub(r"\$\{(\w+)\}", lambda m: environment[m.group(1)], exec_start)
-    return shlex.split(filled), environment
 
 
 def supervised(argv: list[str]) -> tuple[dict[str, str], list[str]]:
@@ -42,33 +33,31 @@ def entrypoint(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("accelerator,profile", [("cpu", "cpu"), ("cuda", "cuda121")])
-def test_entrypoint_runs_the_same_command_as_the_systemd_unit(accelerator, profile):
+def test_entrypoint_alone_runs_the_same_command_as_a_replica_spec(accelerator, profile):
+    """`docker run IMAGE` with FM9G_* settings (the image used by hand) starts what fm9g-deploy's
+    replica spec starts in a container."""
     loaded = load_profile(profile)
-    extra = list(loaded.vllm_args)
-    settings = {"fm9g_serve_python": "/opt/fm9g/envs/x/bin/python", "fm9g_serve_model_dir": "/model",
-                "fm9g_serve_served_model_name": "9g", "fm9g_serve_extra_args": extra,
-                "fm9g_serve_accelerator": accelerator, "fm9g_serve_drain_flag": loaded.vllm_drain_flag or "",
-                "fm9g_serve_drain_timeout_s": 45}
-    expected, environment = systemd_argv(**settings)
+    spec = replica_spec(profile, "{serve_mode: container, drain_timeout_s: 45}",
+                        {"index": 0, "port": 8100, "tensor_parallel_size": 1, "gpus": [0],
+                         "gpu_memory_utilization": 0.85, "max_model_len": 4096})
     drain = [loaded.vllm_drain_flag, "45"] if loaded.vllm_drain_flag else []
+    python = spec["argv"][0]
     result = entrypoint("--print-argv", env={
-        "FM9G_PYTHON": settings["fm9g_serve_python"], "FM9G_HOST": "127.0.0.1", "FM9G_MODEL_DIR": "/model",
-        "FM9G_SERVED_MODEL_NAME": "9g", "FM9G_EXTRA_ARGS": " ".join(extra + drain),
+        "FM9G_PYTHON": python, "FM9G_HOST": "127.0.0.1", "FM9G_MODEL_DIR": "/model",
+        "FM9G_SERVED_MODEL_NAME": "9g", "FM9G_EXTRA_ARGS": " ".join(list(loaded.vllm_args) + drain),
         "FM9G_SUPERVISOR_ARGS": "--crash-limit 5 --crash-window 600 --stop-timeout 60",
-        **{k: v for k, v in environment.items() if k.startswith("FM9G_")},
+        **{k: v for k, v in spec["environment"].items() if k.startswith("FM9G_")},
     })
     assert result.returncode == 0, result.stderr
-    unit_supervisor, unit_vllm = supervised(expected)
+    spec_supervisor, spec_vllm = supervised(expand(spec["argv"], spec["environment"]))
     image_supervisor, image_vllm = supervised(result.stdout.splitlines())
-    assert image_vllm == unit_vllm
-    # the same supervision; only where the state lives and how a crash loop ends differ
-    assert unit_supervisor.pop("--state-file") == "/var/lib/fm9g/replica-%i.state.json"
-    assert image_supervisor.pop("--state-file") == "/var/lib/fm9g/state/replica.state.json"
-    assert image_supervisor.pop("--give-up-exit-code") == "0"  # Docker's on-failure leaves it stopped
-    assert unit_supervisor == image_supervisor == {"--port": "8100", "--crash-limit": "5", "--crash-window": "600",
-                                                   "--stop-timeout": "60"}
-    assert "--enforce-eager" in unit_vllm if profile == "cpu" else "--enforce-eager" not in unit_vllm
-    assert unit_vllm[-2:] == drain if drain else "--shutdown-timeout" not in unit_vllm
+    assert image_vllm == spec_vllm
+    assert image_supervisor == spec_supervisor == {
+        "--state-file": "/var/lib/fm9g/state/replica.state.json", "--port": "8100", "--crash-limit": "5",
+        "--crash-window": "600", "--stop-timeout": "60", "--give-up-exit-code": "0"}
+    assert "--enforce-eager" in spec_vllm if profile == "cpu" else "--enforce-eager" not in spec_vllm
+    assert spec_vllm[-2:] == drain if drain else "--shutdown-timeout" not in spec_vllm
+    assert spec["environment"].get("VLLM_CPU_KVCACHE_SPACE") == ("1" if accelerator == "cpu" else None)
 
 
 def test_image_defaults_give_the_guides_launch_line():

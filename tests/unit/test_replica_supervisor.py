@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SUPERVISOR = ROOT / "roles" / "fm9g_serve" / "files" / "fm9g_replica_supervisor.py"
+SUPERVISOR = ROOT / "roles" / "fm9g_replica" / "files" / "fm9g_replica_supervisor.py"
 FAKE = ROOT / "tests" / "doubles" / "fake_vllm_server.py"
 GIVE_UP = 3
 FAST = ["--health-interval", "0.2", "--health-failures", "3", "--health-timeout", "1",

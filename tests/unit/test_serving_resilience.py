@@ -11,48 +11,56 @@ from fm9g_deploy.config import parse_config
 from fm9g_deploy.errors import UserError
 from fm9g_deploy.profiles import load_profile
 from tests.conftest import run_cli
-from tests.unit.role_render import render_role_template, role_value
+from tests.unit.role_render import render_role_template, replica_spec, role_value
 
 
 def test_drain_timeout_reaches_vllm_systemd_and_docker_consistently():
-    values = {"fm9g_serve_drain_timeout_s": 45, "fm9g_serve_drain_flag": "--shutdown-timeout",
-              "fm9g_serve_extra_args": ["--enforce-eager"]}
-    unit = render_role_template("fm9g-replica@.service.j2", **values)
-    assert "--enforce-eager \\\n    --shutdown-timeout \\\n    45" in unit
-    assert "TimeoutStopSec=75" in unit and "--stop-timeout 60" in unit  # drain < supervisor < systemd
-    assert "KillMode=mixed" in unit  # SIGTERM to the supervisor alone: vLLM drains, its engine is not cut
-    assert role_value("{{ _fm9g_serve_stop_timeout_s }}", **values) == 75  # docker stop --time
-    settings = role_value("{{ _fm9g_serve_container_settings }}", **values)
-    assert settings["FM9G_EXTRA_ARGS"] == "--enforce-eager --shutdown-timeout 45"
-    assert settings["FM9G_SUPERVISOR_ARGS"] == "--crash-limit 5 --crash-window 600 --stop-timeout 60"
+    spec = replica_spec("cpu", "{drain_timeout_s: 45}")
+    assert spec["argv"][-3:] == ["--enforce-eager", "--shutdown-timeout", "45"]  # the profile's args, then the drain
+    supervisor = spec["argv"][:spec["argv"].index("--")]
+    assert supervisor[supervisor.index("--stop-timeout") + 1] == "60"  # drain < supervisor < systemd and Docker
+    assert spec["stop_timeout_s"] == 75
+    drop_in = render_role_template("spec.conf.j2", _fm9g_replica_spec=spec)
+    assert "TimeoutStopSec=75" in drop_in and "ExecStart=\nExecStart=" in drop_in
+    assert "KillMode=mixed" in render_role_template("fm9g-replica@.service.j2")  # SIGTERM to the supervisor alone
+    container = replica_spec("cpu", "{drain_timeout_s: 45, serve_mode: container}")
+    assert container["stop_timeout_s"] == 75 and container["argv"][-2:] == ["--shutdown-timeout", "45"]
 
 
 def test_a_profile_without_a_drain_flag_passes_none():
-    unit = render_role_template("fm9g-replica@.service.j2", fm9g_serve_drain_flag="")
-    assert "--shutdown-timeout" not in unit
+    assert "--shutdown-timeout" not in replica_spec("cuda121")["argv"]
     assert load_profile("cuda121").vllm_drain_flag is None  # the 0.5 fork has none
     assert load_profile("cpu").vllm_drain_flag == "--shutdown-timeout"
 
 
 def test_the_unit_restarts_whatever_vllm_exits_with_but_not_after_a_crash_loop():
-    unit = render_role_template("fm9g-replica@.service.j2", fm9g_serve_crash_limit=3, fm9g_serve_crash_window_s=120)
-    assert "fm9g_replica_supervisor.py" in unit.split("ExecStart=", 1)[1].split("\n", 1)[0]
-    assert "--crash-limit 3 --crash-window 120" in unit
+    spec = replica_spec("cpu", "{crash_limit: 3, crash_window_s: 120}")
+    assert spec["argv"][1].endswith("/fm9g_replica_supervisor.py")
+    assert "--crash-limit 3 --crash-window 120" in " ".join(spec["argv"])
+    unit = render_role_template("fm9g-replica@.service.j2")
     assert "Restart=on-failure" in unit and "RestartPreventExitStatus=3" in unit and "OOMPolicy=continue" in unit
+    assert "ExecStart" not in unit  # the command is the replica's spec, in its drop-in
 
 
 def test_extra_environment_reaches_units_and_containers():
     env = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1"}
-    unit = render_role_template("fm9g-replica@.service.j2", fm9g_serve_extra_env=env)
-    assert "Environment=NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1\n" in unit
-    assert role_value("{{ _fm9g_serve_container_settings }}", fm9g_serve_extra_env=env)["NCCL_NVLS_ENABLE"] == "0"
+    environment = render_role_template("replica.env.j2", fm9g_replica_extra_env=env)
+    assert "NCCL_NVLS_ENABLE=0\n" in environment and "TORCH_SYMM_MEM_DISABLE_MULTICAST=1\n" in environment
+    container = replica_spec("cuda130", "{serve_mode: container}")
+    value = role_value("{{ _fm9g_replica_container }}", fm9g_replica_extra_env=env, _fm9g_replica_spec=container,
+                       fm9g_replica_container_image="fm9g-vllm:x")
+    assert value["environment"]["NCCL_NVLS_ENABLE"] == "0"
 
 
 def test_a_probed_fallback_dtype_is_what_replicas_run_in():
-    environment = render_role_template("replica.env.j2", fm9g_serve_probed_dtype="float32")
+    environment = render_role_template("replica.env.j2", fm9g_replica_probed_dtype="float32")
     assert "FM9G_DTYPE=float32" in environment
     assert "FM9G_DTYPE=auto" in render_role_template("replica.env.j2")
-    assert role_value("{{ _fm9g_serve_container_settings }}", fm9g_serve_probed_dtype="float32")["FM9G_DTYPE"] == "float32"
+    container = replica_spec("cpu", "{serve_mode: container}")
+    value = role_value("{{ _fm9g_replica_container }}", fm9g_replica_probed_dtype="float32",
+                       _fm9g_replica_spec=container, fm9g_replica_container_image="fm9g-vllm:x")
+    assert value["environment"]["FM9G_DTYPE"] == "float32"
+    assert "${FM9G_DTYPE}" in value["command"]  # the entry point fills it in, as systemd does
 
 
 @pytest.mark.parametrize("field,value", [("drain_timeout_s", -1), ("crash_limit", 0), ("crash_window_s", 5)])

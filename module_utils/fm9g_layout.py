@@ -1,0 +1,1 @@
+../fm9g_deploy/layout.py
