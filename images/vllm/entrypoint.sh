@@ -1,6 +1,6 @@
 #!/bin/bash
 # fm9g-entrypoint: run vLLM's OpenAI server with the arguments of the systemd replica unit
-# (roles/fm9g_serve/templates/fm9g-replica@.service.j2), taken from FM9G_* variables, under the
+# (fm9g_deploy/replica_spec.py builds it for fm9g-deploy), taken from FM9G_* variables, under the
 # same replica supervisor (it restarts an engine that died, whatever its exit status, and gives
 # up after a crash loop: then it exits 0, so Docker's on-failure policy leaves the container
 # stopped, marked failed in the state file under $FM9G_STATE_DIR). FM9G_SUPERVISE=0 runs vLLM bare.
