@@ -93,6 +93,7 @@ def test_stopped_replica_fails_its_unit_check_with_the_journal(deployed_sandbox,
     assert_only(result, cases, {
         "test_replica_unit_is_running[host2-replica1]": r"fm9g-replica@1\.service is inactive \(dead\)",
         "test_replica_listens_on_loopback_only[host2-replica1]": r"nothing listens on port 8101",
+        "test_replica_runs_its_spec[host2-replica1]": r"no process listens on port 8101",
     })
     # The gateway kept answering through replica 0; the failure carries replica 1's journal.
     out = cases["test_replica_unit_is_running[host2-replica1]"]["out"]
