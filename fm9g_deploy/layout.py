@@ -24,6 +24,8 @@ ENGINE_PROBE = PROGRAMS_DIR + "/fm9g_engine_probe.py"
 API_KEY_FILE = CONFIG_DIR + "/api-key.env"
 #: Container mode: the key file the replica containers mount (readable by the image's user only).
 CONTAINER_API_KEY_FILE = CONFIG_DIR + "/container-api-key"
+#: Container mode: the random salt (root-only) of the key's HMAC in a replica container's fingerprint.
+FINGERPRINT_SALT = CONFIG_DIR + "/fingerprint.salt"
 
 #: Inside a replica container: where the model, the key and the supervisor's state are mounted.
 CONTAINER_MODEL_DIR = "/model"
@@ -94,5 +96,6 @@ def host_layout():
     return {"install_root": INSTALL_ROOT, "config_dir": CONFIG_DIR, "state_dir": STATE_DIR,
             "programs_dir": PROGRAMS_DIR, "supervisor": SUPERVISOR, "engine_probe": ENGINE_PROBE,
             "api_key_file": API_KEY_FILE, "container_api_key_file": CONTAINER_API_KEY_FILE,
+            "fingerprint_salt": FINGERPRINT_SALT,
             "container_model_dir": CONTAINER_MODEL_DIR, "container_state_dir": CONTAINER_STATE_DIR,
             "engine_probe_cache": {mode: engine_probe_cache(mode) for mode in SERVE_MODES}}

@@ -37,14 +37,16 @@ options:
       mounts: {type: list, elements: list, default: [], description: "(source on the engine's filesystem, target, read-only) of each mount."}
       restart: {type: str, default: on-failure, description: Restart policy.}
       stop_timeout: {type: int, default: 60, description: Seconds vLLM gets to finish requests on stop.}
-      revision: {type: str, default: "", description: "Also part of the fingerprint: the lock, the model release, the key file's checksum."}
+      revision: {type: str, default: "", description: "Also part of the fingerprint: the lock, the model release and its mapping."}
+      key_file: {type: path, default: "", description: "The key file on the host; a salted HMAC of it is part of the fingerprint, so a new key rolls the replica."}
+      salt_file: {type: path, default: "", description: "Root-only file holding the HMAC's random salt (made on first use)."}
 author: fm9g-deploy
 """
 
 import json
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.fm9g_container import FINGERPRINT_LABEL, fingerprint, full_argv, run_argv
+from ansible.module_utils.fm9g_container import FINGERPRINT_LABEL, fingerprint, full_argv, key_digest, run_argv
 
 
 def inspect(module, docker, name):
@@ -80,6 +82,8 @@ def main():
         "restart": {"type": "str", "default": "on-failure"},
         "stop_timeout": {"type": "int", "default": 60},
         "revision": {"type": "str", "default": ""},
+        "key_file": {"type": "path", "default": ""},
+        "salt_file": {"type": "path", "default": ""},
     }
     module = AnsibleModule(
         argument_spec={
@@ -110,7 +114,8 @@ def main():
                         p["restart"], p["stop_timeout"])
     except ValueError as exc:
         module.fail_json(msg=str(exc))
-    wanted = fingerprint(argv, p["command"], p["image_id"], p["revision"])
+    key = key_digest(p["key_file"], p["salt_file"], create=not module.check_mode) if p["key_file"] else ""
+    wanted = fingerprint(argv, p["command"], p["image_id"], p["revision"] + ":" + key)
     up_to_date = current is not None and current["running"] and current["fingerprint"] == wanted
     result = {"fingerprint": wanted, "up_to_date": up_to_date, "exists": current is not None,
               "running": bool(current and current["running"]),

@@ -7,7 +7,9 @@ engine, that container's) and listens on loopback only.
 """
 
 import hashlib
+import hmac
 import json
+import os
 
 REPLICA_LABEL = "io.fm9g.replica"
 OWNER_LABEL = "io.fm9g.replica-of"
@@ -45,6 +47,31 @@ def run_argv(docker, name, index, owner, environment, gpus, network, mounts, res
     for source, target, readonly in mounts:
         argv += ["--mount", _mount(source, target, readonly)]
     return argv
+
+
+def key_digest(key_file, salt_file, create=True):
+    """What the replica's key is, as part of its fingerprint, useless for testing guesses of the key.
+
+    A container's labels are readable by anyone who may use the engine, so the fingerprint holds
+    no plain hash of the key: an HMAC keyed by a random salt kept root-only on the host (made on
+    first use) stands for it. "" when the key file is missing (or the salt, in check mode).
+    """
+    try:
+        with open(key_file, "rb") as handle:
+            key = handle.read()
+    except OSError:
+        return ""
+    try:
+        with open(salt_file, "rb") as handle:
+            salt = handle.read()
+    except FileNotFoundError:
+        if not create:
+            return ""
+        salt = os.urandom(32).hex().encode("ascii")
+        descriptor = os.open(salt_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(salt)
+    return hmac.new(salt, key, hashlib.sha256).hexdigest()[:32]
 
 
 def fingerprint(argv, command, image_id, extra):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import yaml
@@ -78,6 +79,12 @@ def write_sandbox_files(folder: Path, hosts, private_key: Path, mirror_url: str,
         wrote = True
     config = folder / "fm9g.yml"
     if not config.exists():
-        config.write_text(SANDBOX_CONFIG.format(mirror_url=mirror_url))
+        # It holds the sandbox's API key: readable by its owner only, from the moment it exists.
+        descriptor = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            handle.write(SANDBOX_CONFIG.format(mirror_url=mirror_url))
+        wrote = True
+    elif config.stat().st_mode & 0o077:
+        config.chmod(0o600)  # written by an earlier version, readable by others
         wrote = True
     return wrote

@@ -134,3 +134,23 @@ def test_docker_start_time_gives_the_container_replicas_uptime():
     assert 89 <= replicas._seconds_since(started) <= 91
     assert replicas._seconds_since("0001-01-01T00:00:00Z") > 10**10  # Docker's "never started"
     assert replicas._seconds_since("") is None
+
+
+def test_the_fingerprint_stands_for_the_key_without_letting_anyone_test_guesses(tmp_path):
+    """A container's labels are readable by every engine user: its key enters the fingerprint as an
+    HMAC under a root-only random salt, never as a plain hash."""
+    import hashlib
+
+    key, salt = tmp_path / "key", tmp_path / "salt"
+    key.write_text("the-key\n")
+    assert container.key_digest(key, salt, create=False) == ""  # check mode makes no salt
+    assert not salt.exists()
+    first = container.key_digest(key, salt)
+    assert salt.stat().st_mode & 0o777 == 0o600
+    assert first == container.key_digest(key, salt)  # stable while key and salt are
+    assert first not in (hashlib.sha256(b"the-key\n").hexdigest()[:32], hashlib.sha1(b"the-key\n").hexdigest())
+    key.write_text("another-key\n")
+    assert container.key_digest(key, salt) != first  # a new key rolls the replica
+    assert container.key_digest(tmp_path / "missing", salt) == ""
+    replica = replica_container()
+    assert "the-key" not in str(replica) and replica["key_file"] == "/etc/fm9g/container-api-key"

@@ -82,3 +82,13 @@ def test_ansible_sees_the_groups_and_the_serving_address(tmp_path):
     assert listed["gateway"]["hosts"] == ["gw1"]
     assert sorted(listed["serving"]["hosts"]) == ["host1", "host2"]
     assert listed["_meta"]["hostvars"]["host2"]["fm9g_serving_address"] == "sb-host2"
+
+
+def test_the_sandbox_config_holding_the_key_is_its_owners_alone(tmp_path):
+    write_sandbox_files(tmp_path, serving_hosts(), tmp_path / "key", MIRROR)
+    config = tmp_path / "fm9g.yml"
+    assert "api_key:" in config.read_text()
+    assert config.stat().st_mode & 0o777 == 0o600
+    config.chmod(0o644)  # as an earlier version wrote it
+    assert write_sandbox_files(tmp_path, serving_hosts(), tmp_path / "key", MIRROR)
+    assert config.stat().st_mode & 0o777 == 0o600
