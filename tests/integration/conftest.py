@@ -15,15 +15,18 @@ from tests.conftest import run_cli
 TEST_SANDBOX = os.environ.get("FM9G_TEST_SANDBOX", "fm9g-test")
 
 
-#: Modules that redeploy the shared sandbox into another shape: they run after every other test.
-RESHAPING_MODULES = ("test_fleet_gateway.py",)
+#: Modules that redeploy the shared sandbox into another shape (another topology, another key):
+#: they run after every other test, in this order.
+RESHAPING_MODULES = ("test_fleet_gateway.py", "test_secrets.py")
 
 
 def pytest_collection_modifyitems(items):
     for item in items:
         if "tests/integration/" in str(item.fspath):
             item.add_marker(pytest.mark.integration)
-    items.sort(key=lambda item: item.fspath.basename in RESHAPING_MODULES)  # stable: the rest keep their order
+    # Stable: the other modules keep their order, before the reshaping ones.
+    items.sort(key=lambda item: RESHAPING_MODULES.index(item.fspath.basename) + 1
+               if item.fspath.basename in RESHAPING_MODULES else 0)
 
 
 @pytest.fixture(scope="session")
