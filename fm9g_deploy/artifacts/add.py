@@ -27,6 +27,11 @@ class Added:
 def _readable_file(path: Path) -> None:
     if not path.is_file():
         raise UserError(f"{path} is not a file; pass the path of the file to add")
+    try:
+        path.open("rb").close()
+    except OSError as exc:
+        raise UserError(f"cannot read {path} ({exc.strerror or exc}); fix its permissions or pass another "
+                        "copy") from None
 
 
 def add_operator_wheel(cache: Cache, path: Path, family: str, *, replace: bool = False) -> Added:

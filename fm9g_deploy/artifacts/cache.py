@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -25,6 +26,17 @@ from pathlib import Path
 from fm9g_deploy.errors import UserError
 
 CHUNK = 1024 * 1024
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+#: What to do when a registry file is damaged, per file: each names the command that rebuilds it.
+_REGISTRY_FIX = {
+    "pins.json": "remove the file (or the model's entry) and fetch the model again with "
+                 "`fm9g-deploy artifacts fetch --profile PROFILE --model MODEL`",
+    "operator-wheels.json": "remove the file and register the wheels again with "
+                            "`fm9g-deploy artifacts add FILE --family FAMILY`",
+}
+#: The top-level key of each registry file.
+_REGISTRY_KEY = {"pins.json": "models", "operator-wheels.json": "families"}
 
 
 def sha256_file(path: Path, on_bytes: Callable[[int], None] | None = None) -> str:
@@ -45,6 +57,26 @@ def now_iso() -> str:
 class Cache:
     root: Path
 
+    # -- the root itself ------------------------------------------------------------------------
+
+    def require_directory(self) -> None:
+        """UserError when the root (or a folder above it) is a file: every path under it would fail."""
+        for path in (self.root, *self.root.parents):
+            if path.is_dir():
+                return
+            if path.exists() or path.is_symlink():
+                what = "a file" if path.is_file() else "not a directory"
+                where = f"is {what}" if path == self.root else f"is inside {path}, which is {what}"
+                raise UserError(f"the cache dir {self.root} {where}; pass a directory with --cache-dir "
+                                "(or as mirror.cache_dir in the config)")
+
+    def require_existing(self) -> None:
+        """UserError unless the cache dir exists: reading a missing cache must not pass for 'all fine'."""
+        self.require_directory()
+        if not self.root.is_dir():
+            raise UserError(f"the cache dir {self.root} does not exist; pass the cache with --cache-dir, "
+                            "or fill it with `fm9g-deploy artifacts fetch --profile PROFILE`")
+
     # -- the content-addressed store --------------------------------------------------------
 
     def path_for(self, sha256: str, filename: str) -> Path:
@@ -62,6 +94,7 @@ class Cache:
 
     def store(self, source: Path, sha256: str, filename: str, *, move: bool = False) -> Path:
         """Put ``source`` (whose bytes hash to ``sha256``: the caller checked) under its hash, atomically."""
+        self.require_directory()
         target = self.path_for(sha256, filename)
         target.parent.mkdir(parents=True, exist_ok=True)
         if move:
@@ -95,23 +128,42 @@ class Cache:
     # -- small JSON registries ----------------------------------------------------------------
 
     def _read_json(self, name: str) -> dict:
+        """The registry file ``name`` (``{}`` when absent); UserError naming the file and its fix if damaged."""
         path = self.root / name
+        fix = _REGISTRY_FIX[name]
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             return {}
+        except UnicodeDecodeError:
+            raise UserError(f"{path} is not UTF-8 text (damaged); {fix}") from None
         except (OSError, ValueError) as exc:
-            raise UserError(f"cannot read {path}: {str(exc).splitlines()[0]}; fix or remove the file") from None
+            if isinstance(exc, NotADirectoryError):
+                self.require_directory()  # the usual cause: the cache dir is a file; say that instead
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
+            raise UserError(f"cannot read {path}: {reason}; {fix}") from None
+        key = _REGISTRY_KEY[name]
         if not isinstance(data, dict):
-            raise UserError(f"{path} is not a JSON object; fix or remove the file")
+            raise UserError(f"{path} is not a JSON object (its top level is {json_kind(data)}); {fix}")
+        if not isinstance(data.get(key, {}), dict):
+            raise UserError(f"{path}: its {key!r} is {json_kind(data[key])}, not an object; {fix}")
+        for entry, record in data.get(key, {}).items():
+            problem = _record_problem(record)
+            if problem:
+                raise UserError(f"{path}: the entry {entry!r} {problem}; {fix}")
         return data
 
     def _write_json(self, name: str, data: dict) -> None:
+        self.require_directory()
         self.root.mkdir(parents=True, exist_ok=True)
         path = self.root / name
         temporary = path.with_name(f".{name}.tmp")
-        temporary.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        temporary.replace(path)
+        try:
+            temporary.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+            temporary.replace(path)
+        except BaseException:
+            temporary.unlink(missing_ok=True)  # the registry stays as it was, with nothing beside it
+            raise
 
     def pins(self) -> dict[str, dict]:
         """model name -> {filename, sha256, size, source, pinned_at} (trust on first use)."""
@@ -130,6 +182,26 @@ class Cache:
         data = self._read_json("operator-wheels.json")
         data.setdefault("families", {})[family] = record
         self._write_json("operator-wheels.json", data)
+
+
+def json_kind(data: object) -> str:
+    """What a JSON value is, for messages: 'a list', 'a string', 'null'..."""
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
+            type(None): "null"}.get(type(data), "a number")
+
+
+def _record_problem(record: object) -> str | None:
+    """Why a pin or a wheel registration cannot be used (the fields other code reads), or None."""
+    if not isinstance(record, dict):
+        return f"is {json_kind(record)}, not an object"
+    filename, sha256, size = record.get("filename"), record.get("sha256"), record.get("size")
+    if not isinstance(filename, str) or filename in ("", ".", "..") or "/" in filename or "\\" in filename:
+        return "has no plain filename"
+    if not isinstance(sha256, str) or not _SHA256.match(sha256):
+        return "has no sha256 of 64 hex digits"
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
+        return "has a size that is not a whole number of bytes"
+    return None
 
 
 def resolve_cache_dir(explicit: Path | None, config_path: Path | None) -> Path:

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fm9g_deploy.artifacts.cache import Cache, now_iso
-from fm9g_deploy.artifacts.download import DownloadError, Timeouts, download, make_client
+from fm9g_deploy.artifacts.download import (DEFAULT_RETRIES, DownloadError, Retries, Timeouts, discard_partial,
+                                             download, make_client)
 from fm9g_deploy.artifacts.lock import Lock
 from fm9g_deploy.artifacts.sources import find_local
 from fm9g_deploy.errors import UserError
@@ -170,8 +171,9 @@ class _Progress:
 
 
 def fetch(items: list[FetchItem], cache: Cache, *, search: list[Path], jobs: int = 4,
-          timeouts: Timeouts = DEFAULT_TIMEOUTS, console=None) -> FetchReport:
+          timeouts: Timeouts = DEFAULT_TIMEOUTS, retries: Retries = DEFAULT_RETRIES, console=None) -> FetchReport:
     """Bring ``items`` into ``cache``; failures are collected as one-line messages, never raised."""
+    cache.require_directory()
     report = FetchReport()
     pending = []
     for item in items:
@@ -183,7 +185,8 @@ def fetch(items: list[FetchItem], cache: Cache, *, search: list[Path], jobs: int
     with make_client(timeouts) as client, _Progress(console, pending) as progress:
         def one(item: FetchItem) -> None:
             task = progress.start(item)
-            progress.finish(task, _fetch_one(item, cache, client, search, progress, task, report, record))
+            progress.finish(task, _fetch_one(item, cache, client, search, progress, task, report, record,
+                                             retries))
 
         with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
             for future in [pool.submit(one, item) for item in pending]:
@@ -193,7 +196,7 @@ def fetch(items: list[FetchItem], cache: Cache, *, search: list[Path], jobs: int
 
 
 def _fetch_one(item: FetchItem, cache: Cache, client, search: list[Path], progress: _Progress, task,
-               report: FetchReport, record: threading.Lock) -> str:
+               report: FetchReport, record: threading.Lock, retries: Retries = DEFAULT_RETRIES) -> str:
     """Bring one file in; returns the line to show for it (rich markup, message text escaped)."""
     from rich.markup import escape
 
@@ -214,21 +217,37 @@ def _fetch_one(item: FetchItem, cache: Cache, client, search: list[Path], progre
     for url in item.urls:
         key = item.sha256 or "url-" + hashlib.sha256(url.encode()).hexdigest()[:32]
         partial = cache.partial_dir(key) / item.filename
+
+        def get():
+            return download(client, url, partial, label=item.filename, expected_size=item.size,
+                            on_bytes=lambda n: progress.advance(task, n),
+                            on_total=lambda n: progress.set_total(task, n), retries=retries)
+
         try:
-            result = download(client, url, partial, label=item.filename, expected_size=item.size,
-                              on_bytes=lambda n: progress.advance(task, n),
-                              on_total=lambda n: progress.set_total(task, n))
+            result = get()
+            if item.sha256 and result.sha256 != item.sha256 and result.resumed_from:
+                # A resumed file is spliced from two responses: the mismatch may be the splice, so
+                # the whole file is fetched once more from zero before it is called wrong.
+                discard_partial(partial)
+                result = get()
         except DownloadError as exc:
             errors.append(str(exc))
             continue
         if item.sha256 and result.sha256 != item.sha256:
-            partial.unlink(missing_ok=True)
+            discard_partial(partial)  # never kept: not in the cache, and nothing a later resume would trust
+            _remove_empty(partial.parent)
             pinned = " (pinned on first fetch; if the publisher really replaced the file, delete the " \
                      f"{item.model} entry from {cache.root / 'pins.json'})" if item.model else ""
             errors.append(f"{item.filename}: sha256 mismatch from {url}: expected {item.sha256}, got "
                           f"{result.sha256}; the download was discarded{pinned}")
             continue
-        cache.store(partial, result.sha256, item.filename, move=True)
+        try:
+            cache.store(partial, result.sha256, item.filename, move=True)
+        except OSError as exc:
+            discard_partial(partial)
+            errors.append(f"{item.filename}: cannot store it in the cache {cache.root} ({exc.strerror or exc}); "
+                          "free space there (or fix its permissions) and run fetch again")
+            continue
         _remove_empty(partial.parent)
         with record:
             if item.sha256 is None:
@@ -236,7 +255,7 @@ def _fetch_one(item: FetchItem, cache: Cache, client, search: list[Path], progre
                                             "size": result.size, "source": url, "pinned_at": now_iso()})
                 report.warnings.append(pin_warning(item.model, item.filename, result.sha256))
             report.downloaded.append(item.filename)
-            report.downloaded_bytes += result.size - result.resumed_from
+            report.downloaded_bytes += result.fresh_bytes
         resumed = f" (resumed at {result.resumed_from} bytes)" if result.resumed_from else ""
         return escape(f"downloaded  {item.filename}{resumed}")
     line = errors[-1] + (f" (and {len(errors) - 1} other URL(s) failed)" if len(errors) > 1 else "")

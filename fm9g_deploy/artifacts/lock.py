@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from fm9g_deploy.artifacts.cache import json_kind
 from fm9g_deploy.errors import UserError
 from fm9g_deploy.paths import PROJECT_ROOT
 
@@ -124,24 +125,44 @@ def lock_path(profile: str) -> Path:
 def load_lock(profile: str | None = None, path: Path | None = None) -> Lock:
     """Read and validate a lock (``path``, or locks/<profile>.json); UserError on any problem."""
     path = path or lock_path(profile)
+    fix = f"regenerate it with `fm9g-deploy artifacts lock --profile {profile or path.stem}`"
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(f"lock {path} not found; create it with `fm9g-deploy artifacts lock --profile "
                         f"{profile or path.stem}`") from None
+    except UnicodeDecodeError:
+        raise UserError(f"lock {path} is not UTF-8 text (damaged); {fix}") from None
     except (OSError, ValueError) as exc:
-        raise UserError(f"cannot read lock {path}: {str(exc).splitlines()[0]}; regenerate it with "
-                        "`fm9g-deploy artifacts lock`") from None
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
+        raise UserError(f"cannot read lock {path}: {reason}; {fix}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"lock {path} is not a JSON object (its top level is {json_kind(data)}); {fix}")
     try:
         lock = Lock.model_validate(data)
     except ValidationError as exc:
-        from fm9g_deploy.config import describe_validation_error
-
-        raise UserError(f"lock {path}: {describe_validation_error(exc)}; regenerate it with "
-                        "`fm9g-deploy artifacts lock`") from None
+        raise UserError(f"lock {path}: {_describe(exc)}; {fix}") from None
     if profile and lock.profile != profile:
-        raise UserError(f"lock {path} is for profile {lock.profile}, not {profile}")
+        raise UserError(f"lock {path} is for profile {lock.profile}, not {profile}; pass the {profile} lock, or "
+                        f"{fix}")
     return lock
+
+
+def _describe(exc: ValidationError) -> str:
+    """The first problem as 'field: what is wrong (got ...)'; the fix is always to regenerate the lock."""
+    errors = exc.errors(include_url=False)
+    first = errors[0]
+    where = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    if first["type"] == "missing":
+        what = "is missing"
+    elif first["type"] == "extra_forbidden":
+        what = "is not a lock field"
+    elif first["type"] == "value_error":
+        what = str((first.get("ctx") or {}).get("error", first["msg"]))
+    else:
+        what = f"{first['msg'][0].lower()}{first['msg'][1:]} (got {first.get('input')!r:.60})"
+    more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
+    return " ".join(f"{where}: {what}{more}".split())  # one line, whatever the values held
 
 
 def lock_text(lock: Lock) -> str:
@@ -152,5 +173,9 @@ def lock_text(lock: Lock) -> str:
 def write_lock(lock: Lock, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(lock_text(lock), encoding="utf-8")
-    temporary.replace(path)
+    try:
+        temporary.write_text(lock_text(lock), encoding="utf-8")
+        temporary.replace(path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)  # a failed write leaves nothing behind
+        raise

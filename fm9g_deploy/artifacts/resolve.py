@@ -234,7 +234,7 @@ def lookup_sizes(artifacts: list[LockedArtifact], index_url: str) -> None:
                 return {}
             return {f["hashes"].get("sha256"): f["size"] for f in response.json().get("files", [])
                     if isinstance(f.get("size"), int)}
-        except (httpx.HTTPError, ValueError, KeyError, AttributeError):
+        except (httpx.HTTPError, ValueError, KeyError, AttributeError, TypeError):  # any odd answer: sizes unknown
             return {}
 
     with httpx.Client(timeout=30, follow_redirects=True,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from fm9g_deploy.artifacts.cache import Cache, sha256_file
 from fm9g_deploy.artifacts.lock import Lock
+from fm9g_deploy.errors import UserError
 
 
 @dataclass
@@ -31,6 +32,8 @@ class VerifyReport:
 
 
 def verify(cache: Cache, locks: list[Lock], *, on_bytes=lambda n: None, on_file=lambda path: None) -> VerifyReport:
+    """Re-hash ``cache``; UserError when it is missing or empty (nothing checked is not 'verified')."""
+    cache.require_existing()
     report = VerifyReport()
     for expected, path in cache.stored_files():
         on_file(path)
@@ -55,4 +58,7 @@ def verify(cache: Cache, locks: list[Lock], *, on_bytes=lambda n: None, on_file=
         if not cache.has(record["sha256"], record["filename"]):
             report.missing.append(f"{record['filename']} (vLLM wheel {family}, sha256 {record['sha256'][:12]}…): "
                                   f"missing; `fm9g-deploy artifacts add FILE --family {family}`")
+    if not report.checked and not report.missing:
+        raise UserError(f"the cache dir {cache.root} holds no files, so there is nothing to verify; pass the "
+                        "cache with --cache-dir, or fill it with `fm9g-deploy artifacts fetch --profile PROFILE`")
     return report

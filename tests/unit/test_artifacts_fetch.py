@@ -10,7 +10,7 @@ import os
 import pytest
 
 from fm9g_deploy.artifacts.cache import Cache
-from fm9g_deploy.artifacts.download import DownloadError, Timeouts, download, make_client
+from fm9g_deploy.artifacts.download import DownloadError, Retries, Timeouts, download, make_client
 from fm9g_deploy.artifacts.fetch import FetchItem, fetch, model_item
 from fm9g_deploy.artifacts.lock import Lock, LockedArtifact, LockTarget, lock_text
 from tests.conftest import run_cli
@@ -19,6 +19,7 @@ from tests.fixtures.artifacts.http_faults import STALL_SECONDS, FaultServer
 BLOB = os.urandom(3 * 1024 * 1024 + 17)  # several chunks, not a round size
 BLOB_SHA = hashlib.sha256(BLOB).hexdigest()
 FAST = Timeouts(connect=5, read=0.5)
+ONCE = Retries(attempts=1)  # one try: each fetch call below is one request
 
 
 @pytest.fixture
@@ -54,14 +55,14 @@ def test_fetch_skips_files_already_cached(server, cache):
 
 
 def test_interrupted_download_resumes_with_range(server, cache):
-    first = fetch([item(server.url("cut", "blob.whl"))], cache, search=[], timeouts=FAST)
+    first = fetch([item(server.url("cut", "blob.whl"))], cache, search=[], timeouts=FAST, retries=ONCE)
     assert len(first.failures) == 1 and "short read" in first.failures[0]
     assert not cache.has(BLOB_SHA, "blob.whl")
     partial = cache.partial_dir(BLOB_SHA) / "blob.whl"
     kept = partial.stat().st_size
     assert 0 < kept < len(BLOB)
 
-    second = fetch([item(server.url("cut", "blob.whl"))], cache, search=[], timeouts=FAST)
+    second = fetch([item(server.url("cut", "blob.whl"))], cache, search=[], timeouts=FAST, retries=ONCE)
     assert second.downloaded == ["blob.whl"], second.failures
     resumed = server.requests[-1]
     assert resumed.range == f"bytes={kept}-"
@@ -85,7 +86,8 @@ def test_hash_mismatch_is_refused_and_not_kept(server, cache):
 ])
 def test_failures_are_one_line(server, cache, kind, words):
     with make_client(FAST) as client, pytest.raises(DownloadError) as caught:
-        download(client, server.url(kind, "blob.whl"), cache.partial_dir("t") / "blob.whl", label="blob.whl")
+        download(client, server.url(kind, "blob.whl"), cache.partial_dir("t") / "blob.whl", label="blob.whl",
+                 retries=ONCE)
     message = str(caught.value)
     assert "\n" not in message and message.startswith("blob.whl: ")
     for word in words:
@@ -96,8 +98,10 @@ def test_stall_gives_up_long_before_the_server_would(server, cache):
     import time
 
     started = time.monotonic()
-    report = fetch([item(server.url("stall", "blob.whl"))], cache, search=[], timeouts=FAST)
-    assert report.failures and "timed out" in report.failures[0]
+    report = fetch([item(server.url("stall", "blob.whl"))], cache, search=[], timeouts=FAST,
+                   retries=Retries(attempts=2, backoff=0.05))
+    assert report.failures and "timed out" in report.failures[0] and "after 2 tries" in report.failures[0]
+    assert len(server.requests) == 2
     assert time.monotonic() - started < STALL_SECONDS
 
 
