@@ -66,7 +66,9 @@ def register(subparsers) -> None:
         "fetch", help="download every file of a lock (and a model's tarball) into the cache",
         description="Bring every file of the profile's lock into the cache: files already there are "
                     "skipped, files in a --from directory (or pip's find-links) with the right sha256 are "
-                    "copied, the rest are downloaded with resume and checked against the lock. A model's "
+                    "copied, the rest are downloaded with resume and checked against the lock (a mirror's "
+                    "5xx, a dropped connection or a stall is retried, 4 tries in all; a file that fails its "
+                    "sha256 is never kept). A model's "
                     "tarball has no published checksum: its first download is pinned, later ones must match. "
                     "Ends by publishing the profile's pip view in the cache.")
     _add_profile(fetch)
@@ -168,7 +170,9 @@ def _console():
 def _cache(args: argparse.Namespace):
     from fm9g_deploy.artifacts.cache import Cache, resolve_cache_dir
 
-    return Cache(resolve_cache_dir(args.cache_dir, args.config))
+    cache = Cache(resolve_cache_dir(args.cache_dir, args.config))
+    cache.require_directory()  # before any work: a file given as the cache fails every path under it
+    return cache
 
 
 def run_lock(args: argparse.Namespace) -> int:
@@ -176,17 +180,28 @@ def run_lock(args: argparse.Namespace) -> int:
     from fm9g_deploy.artifacts.lock import lock_path, lock_text, write_lock
     from fm9g_deploy.artifacts.resolve import build_lock
     from fm9g_deploy.artifacts.sources import search_dirs
+    from fm9g_deploy.errors import UserError
     from fm9g_deploy.profiles import load_profile
 
     profile = load_profile(args.profile)
+    path = args.output or lock_path(profile.name)
+    if path.is_dir():
+        raise UserError(f"--output {path} is a directory; pass the path of the lock file to write")
     console = _console()
     lock = build_lock(profile, _cache(args), search=search_dirs(args.from_dirs), index_url=args.index_url,
                       on_step=lambda message: console.print(f"  {message}"))
-    path = args.output or lock_path(profile.name)
-    before = path.read_text(encoding="utf-8") if path.is_file() else None
+    # Compared as bytes: an old lock that is not UTF-8 is simply different, and gets replaced.
+    try:
+        before = path.read_bytes()
+    except OSError:
+        before = None
     text = lock_text(lock)
-    if text != before:
-        write_lock(lock, path)
+    if text.encode("utf-8") != before:
+        try:
+            write_lock(lock, path)
+        except OSError as exc:
+            raise UserError(f"cannot write the lock {path}: {exc.strerror or exc}; pass a writable --output "
+                            "path") from None
     for name, stand_in in lock.stand_ins.items():
         console.print(f"  note: {name} resolved as {stand_in} (same dependencies); the lock holds the pinned file")
     for family in lock.unregistered_families:
@@ -195,7 +210,7 @@ def run_lock(args: argparse.Namespace) -> int:
     known = [a.size for a in lock.artifacts if a.size is not None]
     unknown = len(lock.artifacts) - len(known)
     size = describe_size(sum(known)) + (f" + {unknown} of unknown size" if unknown else "")
-    state = "unchanged" if text == before else "written"
+    state = "unchanged" if text.encode("utf-8") == before else "written"
     print(f"{path}: {len(lock.artifacts)} files ({size}), sets: {', '.join(lock.sets)} ({state})")
     return 0
 
@@ -272,6 +287,7 @@ def run_verify(args: argparse.Namespace) -> int:
     from fm9g_deploy.errors import OperationFailed
 
     cache = _cache(args)
+    cache.require_existing()
     locks = [load_lock(name) for name in args.profile or []]
     console = _console()
     report = _verify_with_progress(cache, locks, console, verify)
