@@ -15,18 +15,31 @@ import re
 import shutil
 import subprocess
 from dataclasses import asdict, dataclass, field
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 #: The columns we ask nvidia-smi for, in order.
 QUERY_FIELDS = (
     "index", "uuid", "name", "memory.total", "memory.used", "memory.free",
-    "driver_version", "pci.bus_id", "compute_cap",
+    "driver_version", "pci.bus_id", "compute_cap", "mig.mode.current",
 )
-QUERY_GPU_ARGS = ["--query-gpu=" + ",".join(QUERY_FIELDS), "--format=csv,noheader,nounits"]
+#: Columns drivers older than the field reject ('Field "compute_cap" is not a valid field to query.',
+#: e.g. R470): asked again without them, so such a host still gets its driver named, not "no GPU".
+NEWER_FIELDS = ("compute_cap", "mig.mode.current")
+BASE_FIELDS = tuple(name for name in QUERY_FIELDS if name not in NEWER_FIELDS)
 VERSION_ARGS = ["--version"]
 
-#: How nvidia-smi writes a value it does not have ("[N/A]", "[Not Supported]", ...).
+
+def query_gpu_args(fields: Sequence[str] = QUERY_FIELDS) -> List[str]:
+    return ["--query-gpu=" + ",".join(fields), "--format=csv,noheader,nounits"]
+
+
+QUERY_GPU_ARGS = query_gpu_args()
+
+#: How nvidia-smi writes a value it does not have ("[N/A]", "[Not Supported]", "[Unknown Error]", ...).
 _MISSING = re.compile(r"^\[.*\]$|^N/A$")
+#: Of those, the ones that mean the GPU lacks the feature, not that reading it failed.
+NOT_SUPPORTED = ("[N/A]", "N/A", "[Not Supported]")
+_INVALID_FIELD = "is not a valid field to query"
 _CUDA_VERSION = re.compile(r"CUDA Version\s*:\s*([0-9]+(?:\.[0-9]+)*)")
 _DRIVER_VERSION = re.compile(r"(?:DRIVER version|Driver Version)\s*:\s*([0-9][0-9.]*)")
 
@@ -36,15 +49,26 @@ Runner = Callable[[List[str]], Tuple[int, str, str]]
 
 @dataclass
 class GpuInfo:
+    """One GPU. A value nvidia-smi did not give is None, and ``unreported`` says what it printed
+    instead, per field; the planner decides what the GPU is good for without it."""
+
     index: int
-    uuid: str
-    name: str
-    memory_total_mib: int
+    uuid: Optional[str]
+    name: Optional[str]
+    memory_total_mib: Optional[int]
     memory_used_mib: Optional[int]
     memory_free_mib: Optional[int]
     driver_version: Optional[str]
     pci_bus_id: Optional[str]
     compute_capability: Optional[str]
+    #: "Enabled" or "Disabled"; None where the GPU has no MIG (nvidia-smi: [N/A]) or was not asked.
+    mig_mode: Optional[str] = None
+    #: nvidia-smi field -> what it printed instead of a value: {"memory.total": "[Unknown Error]"}.
+    unreported: Dict[str, str] = field(default_factory=dict)
+
+    @property
+    def mig_enabled(self) -> bool:
+        return self.mig_mode == "Enabled"
 
 
 @dataclass
@@ -92,48 +116,65 @@ def _value(text: str) -> Optional[str]:
     return None if not text or _MISSING.match(text) else text
 
 
-def _mib(text: str, column: str, required: bool) -> Optional[int]:
+def _mib(text: str, column: str, number: int) -> Optional[int]:
     value = _value(text)
     if value is None:
-        if required:
-            raise ValueError("nvidia-smi gave no %s" % column)
         return None
     value = re.sub(r"\s*MiB$", "", value)
     try:
         return int(float(value))
     except ValueError:
-        raise ValueError("nvidia-smi gave %s %r, not a number of MiB" % (column, text)) from None
+        # Not nvidia-smi's "no value" either: output we would misread, so refuse it all.
+        raise ValueError("line %d of nvidia-smi output: %s %r is not a number of MiB" % (number, column, text)) from None
 
 
-def parse_query_gpu(text: str) -> List[GpuInfo]:
-    """Parse ``nvidia-smi --query-gpu=<QUERY_FIELDS> --format=csv,noheader,nounits``."""
+def parse_query_gpu(text: str, fields: Sequence[str] = QUERY_FIELDS) -> List[GpuInfo]:
+    """Parse ``nvidia-smi --query-gpu=<fields> --format=csv,noheader,nounits``.
+
+    Each field is read on its own: a GPU whose value is missing ("[N/A]", "[Unknown Error]") is
+    kept with None there. ValueError for output that cannot be read as a whole: the wrong number of
+    columns, an index that is not a number, a number field holding something else, or an index (or
+    UUID) listed twice."""
     gpus = []
+    seen: Dict[str, Dict[str, int]] = {"index": {}, "uuid": {}}
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         # GPU names hold no commas; split on the separator nvidia-smi writes.
         cells = [cell.strip() for cell in line.split(",")]
-        if len(cells) != len(QUERY_FIELDS):
+        if len(cells) != len(fields):
             raise ValueError(
                 "line %d of nvidia-smi --query-gpu output has %d columns, expected %d (%s): %r"
-                % (number, len(cells), len(QUERY_FIELDS), ",".join(QUERY_FIELDS), line.strip())
+                % (number, len(cells), len(fields), ",".join(fields), line.strip())
             )
-        row = dict(zip(QUERY_FIELDS, cells))
+        row = dict(zip(fields, cells))
         try:
+            # The index is how the plan and CUDA_VISIBLE_DEVICES name the GPU: without it, nothing.
             index = int(row["index"])
         except ValueError:
             raise ValueError("line %d of nvidia-smi output: index %r is not a number" % (number, row["index"])) from None
-        gpus.append(GpuInfo(
+        gpu = GpuInfo(
             index=index,
-            uuid=row["uuid"],
-            name=row["name"],
-            memory_total_mib=_mib(row["memory.total"], "memory.total", required=True),
-            memory_used_mib=_mib(row["memory.used"], "memory.used", required=False),
-            memory_free_mib=_mib(row["memory.free"], "memory.free", required=False),
+            uuid=_value(row["uuid"]),
+            name=_value(row["name"]),
+            memory_total_mib=_mib(row["memory.total"], "memory.total", number),
+            memory_used_mib=_mib(row["memory.used"], "memory.used", number),
+            memory_free_mib=_mib(row["memory.free"], "memory.free", number),
             driver_version=_value(row["driver_version"]),
             pci_bus_id=_value(row["pci.bus_id"]),
-            compute_capability=_value(row["compute_cap"]),
-        ))
+            compute_capability=_value(row.get("compute_cap", "")),
+            mig_mode=_value(row.get("mig.mode.current", "")),
+            unreported={name: value for name, value in row.items() if _value(value) is None},
+        )
+        for key, value in (("index", str(gpu.index)), ("uuid", gpu.uuid)):
+            if value is None:
+                continue
+            if value in seen[key]:
+                # Two GPUs under one index: a plan by index would put two replicas on one of them.
+                raise ValueError("nvidia-smi output is malformed: GPU %s %s is listed twice (lines %d and %d)"
+                                 % (key, value, seen[key][value], number))
+            seen[key][value] = number
+        gpus.append(gpu)
     return sorted(gpus, key=lambda gpu: gpu.index)
 
 
@@ -179,13 +220,18 @@ def gather_gpu_facts(nvidia_smi: Optional[str], run: Runner) -> HostGpuFacts:
     if not nvidia_smi:
         return HostGpuFacts(problem="nvidia-smi not found")
     facts = HostGpuFacts(nvidia_smi=nvidia_smi)
-    rc, out, err = run([nvidia_smi] + QUERY_GPU_ARGS)
+    fields = QUERY_FIELDS
+    rc, out, err = run([nvidia_smi] + query_gpu_args(fields))
+    if rc != 0 and _INVALID_FIELD in (out or "") + (err or ""):
+        # A driver older than a NEWER_FIELDS column (those predate MIG too): ask without them.
+        fields = BASE_FIELDS
+        rc, out, err = run([nvidia_smi] + query_gpu_args(fields))
     if rc != 0:
         # Driver not loaded, no devices, ...: the host has no usable GPU; say why.
         facts.problem = "nvidia-smi failed (exit %d): %s" % (rc, _first_line(out, err))
         return facts
     try:
-        facts.gpus = parse_query_gpu(out)
+        facts.gpus = parse_query_gpu(out, fields)
     except ValueError as exc:
         facts.problem = str(exc)
         return facts

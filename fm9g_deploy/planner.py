@@ -10,6 +10,10 @@ each replica's GPUs and port, gpu_memory_utilization and max_model_len, so that 
 that fits wins, which gives the most replicas. Every choice can be overridden in the config's
 `serving` section; an override that cannot work is refused with UserError before anything runs.
 Hosts without a GPU get the CPU plan: TP 1, no GPUs, `replicas_per_host` replicas (default 1).
+
+A GPU nvidia-smi gives no memory size for is left out (a note says so); a host with mixed GPU
+models is planned for its smallest GPU (a note names each model); a host with a GPU in MIG mode is
+refused (see _mig_problem).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from typing import Any
 from fm9g_deploy.catalog import ModelSpec, get_model
 from fm9g_deploy.config import DeploymentConfig, ServingConfig
 from fm9g_deploy.errors import UserError
-from fm9g_deploy.gpu import GpuInfo, HostGpuFacts, cuda_support_problem
+from fm9g_deploy.gpu import NOT_SUPPORTED, GpuInfo, HostGpuFacts, cuda_support_problem
 from fm9g_deploy.profiles import Profile, load_profile, profile_names
 
 MIB = 1024**2
@@ -107,8 +111,12 @@ class HostPlan:
     accelerator: str  # "cuda" or "cpu"
     tensor_parallel_size: int
     replicas: list[ReplicaPlan]
+    #: Every GPU nvidia-smi lists, usable or not (verify compares it with nvidia-smi on the host).
     gpu_count: int = 0
+    #: The GPU model, or "mixed: 2 x A + 2 x B" where models differ (gpu_models has each).
     gpu_name: str | None = None
+    #: Each GPU model on the host: {"name", "gpus": [indexes], "memory_mib": its smallest}.
+    gpu_models: list[dict[str, Any]] = field(default_factory=list)
     #: The smallest GPU's memory on the host (the one the plan is sized for).
     gpu_memory_mib: int | None = None
     cuda_driver_version: str | None = None
@@ -122,6 +130,7 @@ class HostPlan:
             "accelerator": self.accelerator,
             "gpu_count": self.gpu_count,
             "gpu_name": self.gpu_name,
+            "gpu_models": [dict(model) for model in self.gpu_models],
             "gpu_memory_mib": self.gpu_memory_mib,
             "cuda_driver_version": self.cuda_driver_version,
             "tensor_parallel_size": self.tensor_parallel_size,
@@ -190,7 +199,35 @@ def plan_host(
         problem = cuda_support_problem(facts.cuda_driver_version, profile.cuda_version)
         if problem:
             raise UserError(f"host {host}: {problem} (profile {profile.name})")
+    mig = _mig_problem(host, facts.gpus)
+    if mig:
+        raise UserError(mig)
     return _plan_gpu_host(host, facts, model, serving)
+
+
+def _mig_problem(host: str, gpus: list[GpuInfo]) -> str | None:
+    """Why a host with a GPU in MIG mode (or one whose MIG mode nvidia-smi could not read) cannot
+    be planned, or None.
+
+    The plan gives each replica whole GPUs by nvidia-smi index (CUDA_VISIBLE_DEVICES=0,1 with
+    CUDA_DEVICE_ORDER=PCI_BUS_ID). CUDA cannot use a MIG-enabled GPU whole: it shows its MIG
+    instances instead, which CUDA_VISIBLE_DEVICES names by MIG UUID, and its numbering of the
+    host's other GPUs may then differ from nvidia-smi's. Planning around the MIG GPU by index is
+    therefore not known to be right either, so the host is refused rather than half-planned."""
+    enabled = [gpu for gpu in gpus if gpu.mig_enabled]
+    if enabled:
+        which = ", ".join(f"{gpu.index} ({gpu.name or 'unknown model'})" for gpu in enabled)
+        fix = " and ".join(f"`sudo nvidia-smi -i {gpu.index} -mig 0`" for gpu in enabled)
+        return (f"host {host}: MIG mode is enabled on GPU {which}; replicas are planned on whole GPUs by "
+                f"index, which CUDA does not offer on a MIG-enabled GPU (its instances need their MIG device "
+                f"UUIDs); disable MIG with {fix} (a GPU reset or reboot may be needed), or leave the host out of the inventory")
+    unknown = [gpu for gpu in gpus if gpu.mig_mode is None
+               and gpu.unreported.get("mig.mode.current", NOT_SUPPORTED[0]) not in NOT_SUPPORTED]
+    if unknown:
+        which = ", ".join(f"{gpu.index} ({gpu.unreported['mig.mode.current']})" for gpu in unknown)
+        return (f"host {host}: nvidia-smi could not read the MIG mode of GPU {which}, so a plan by GPU index "
+                f"may be wrong there; check the GPU with `nvidia-smi -q -i {unknown[0].index}` and plan again")
+    return None
 
 
 # -- GPU hosts ----------------------------------------------------------------------------------
@@ -232,17 +269,55 @@ class _Sizing:
         return next((tp for tp in self.model.tensor_parallel_sizes() if self.fits(tp, max_model_len)), None)
 
 
+def _unusable(gpu: GpuInfo) -> str | None:
+    """Why the planner cannot put a replica on ``gpu``, or None."""
+    if gpu.memory_total_mib is None:
+        said = gpu.unreported.get("memory.total", "no value")
+        return f"nvidia-smi gives no memory.total for it ({said}), so its size is unknown"
+    return None
+
+
+def _gpu_models(gpus: list[GpuInfo]) -> list[dict[str, Any]]:
+    """Each model among ``gpus`` (in index order of first appearance), its GPUs and smallest memory."""
+    models: dict[str, list[GpuInfo]] = {}
+    for gpu in gpus:
+        models.setdefault(gpu.name or "unknown model", []).append(gpu)
+    return [{"name": name, "gpus": [gpu.index for gpu in same],
+             "memory_mib": min((gpu.memory_total_mib for gpu in same if gpu.memory_total_mib is not None),
+                               default=None)}
+            for name, same in models.items()]
+
+
 def _plan_gpu_host(host: str, facts: HostGpuFacts, model: ModelSpec, serving: ServingConfig) -> HostPlan:
-    gpus = sorted(facts.gpus, key=lambda gpu: gpu.index)
+    listed = sorted(facts.gpus, key=lambda gpu: gpu.index)
+    notes: list[str] = []
+    unusable = {gpu.index: _unusable(gpu) for gpu in listed if _unusable(gpu)}
+    gpus = [gpu for gpu in listed if gpu.index not in unusable]
+    for index, why in unusable.items():
+        notes.append(f"GPU {index} left out of the plan: {why}; check it with `nvidia-smi -q -i {index}`")
+    if not gpus:
+        raise UserError(f"host {host} has {len(listed)} NVIDIA GPU(s) but none the planner can use: "
+                        + "; ".join(f"GPU {index}: {why}" for index, why in unusable.items())
+                        + "; check them with `nvidia-smi -q`, or set `profile: cpu` to serve on the CPU")
     count = len(gpus)
     smallest = min(gpu.memory_total_mib for gpu in gpus)
     utilization = serving.gpu_memory_utilization or DEFAULT_GPU_MEMORY_UTILIZATION
     sizing = _Sizing(model, smallest * MIB, utilization)
-    notes: list[str] = []
-    if len({gpu.memory_total_mib for gpu in gpus}) > 1:
-        notes.append(f"GPUs differ in memory; planned for the smallest ({_gib(smallest)})")
+    models = _gpu_models(listed)
+    if len(models) > 1:
+        # One name would misreport the host: name each model, size every replica for the smallest GPU.
+        label = "mixed: " + " + ".join(f"{len(m['gpus'])} x {m['name']}" for m in models)
+        notes.append("mixed GPU models: " + "; ".join(
+            f"GPU {', '.join(map(str, m['gpus']))}: {m['name']} "
+            f"({_gib(m['memory_mib']) if m['memory_mib'] is not None else 'size unknown'})" for m in models)
+            + f"; every replica is planned for the smallest usable GPU ({_gib(smallest)})")
+    else:
+        label = models[0]["name"]
+        if len({gpu.memory_total_mib for gpu in gpus}) > 1:
+            notes.append(f"GPUs differ in memory; planned for the smallest ({_gib(smallest)})")
     wanted_len = _wanted_max_model_len(model, serving, notes)
-    where = f"host {host} ({count} x {_gib(smallest)} {gpus[0].name})"  # e.g. "(4 x 80 GiB A100-80GB)"
+    usable = f", {len(unusable)} more unusable" if unusable else ""
+    where = f"host {host} ({count} x {_gib(smallest)} {label}{usable})"  # e.g. "(4 x 80 GiB A100-80GB)"
 
     candidates = _tp_candidates(model, serving, count, where)
     fitting = [tp for tp in candidates if sizing.fits(tp, wanted_len)]
@@ -281,7 +356,7 @@ def _plan_gpu_host(host: str, facts: HostGpuFacts, model: ModelSpec, serving: Se
     notes.extend(_busy_gpu_notes(gpus, utilization))
     return HostPlan(
         host=host, accelerator="cuda", tensor_parallel_size=tp, replicas=replicas,
-        gpu_count=count, gpu_name=gpus[0].name, gpu_memory_mib=smallest,
+        gpu_count=len(listed), gpu_name=label, gpu_models=models, gpu_memory_mib=smallest,
         cuda_driver_version=facts.cuda_driver_version,
         memory_per_gpu=sizing.memory(tp, max_model_len), notes=notes,
     )

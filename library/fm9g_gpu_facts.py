@@ -8,8 +8,13 @@ DOCUMENTATION = r"""
 module: fm9g_gpu_facts
 short_description: Report NVIDIA GPUs and the driver's CUDA version
 description:
-  - Runs C(nvidia-smi --query-gpu=...) and C(nvidia-smi --version) (or plain C(nvidia-smi) on
-    drivers without C(--version)) and sets the fact C(fm9g_gpu).
+  - Runs C(nvidia-smi --query-gpu=...) (the fields of fm9g_gpu.QUERY_FIELDS, MIG mode included;
+    asked again without C(compute_cap) and C(mig.mode.current) on drivers that predate them) and
+    C(nvidia-smi --version) (or plain C(nvidia-smi) on drivers without C(--version)) and sets the
+    fact C(fm9g_gpu).
+  - A GPU with a field nvidia-smi has no value for (C([N/A]), C([Unknown Error])) is kept, with
+    that field null; output that cannot be read (a GPU index listed twice, wrong columns) gives no
+    GPUs and a C(problem) saying why.
   - A host without nvidia-smi is not an error; it reports C(gpu_count=0) and a C(problem) saying why.
   - Changes nothing; supports check mode.
 options:
@@ -40,8 +45,9 @@ ansible_facts:
     fm9g_gpu:
       description: >-
         gpu_count, gpus (index, uuid, name, memory_total_mib, memory_used_mib, memory_free_mib,
-        driver_version, pci_bus_id, compute_capability), driver_version, cuda_driver_version,
-        nvidia_smi (path or null) and problem (why no GPU was found, or null).
+        driver_version, pci_bus_id, compute_capability, mig_mode (Enabled, Disabled or null),
+        unreported (field -> what nvidia-smi printed instead of a value)), driver_version,
+        cuda_driver_version, nvidia_smi (path or null) and problem (why no GPU was found, or null).
       type: dict
 """
 

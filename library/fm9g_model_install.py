@@ -13,14 +13,19 @@ description:
     (C(*.safetensors) or C(pytorch_model*.bin)), and points C(<models_root>/current) at it with an
     atomic rename. A corrupt or unsafe tarball fails and leaves C(current) as it was.
   - Refuses entries that would land outside the release (absolute paths, C(..), symlinks or hard
-    links pointing outside), device files, fifos and duplicate entries. Ownership in the archive is
-    ignored; files become 0644 (0755 if executable), directories 0755.
+    links pointing outside, also through other symlinks), paths through a symlink, hard links to
+    anything but an earlier file, device files, fifos, names with control characters (NUL,
+    newline), and names that appear twice. Ownership in the archive is ignored; files become 0644
+    (0755 if executable), directories 0755.
+  - Reads the archive to its end-of-archive marker before writing anything, so a tarball cut short
+    (or with a damaged header) is refused even when the entries before the cut are complete.
   - Idempotent - when C(current) already is this sha256 nothing is read or written. Switching back
     to a release still on disk (a rollback) needs no tarball.
   - Keeps the newest C(keep_releases) releases (by when they were last made current) and removes
     older ones; the current one and the one before it are always kept.
-  - Supports check mode - reports what would change (and verifies the tarball when it is present)
-    and touches nothing.
+  - Supports check mode - reports what would change and touches nothing. When the tarball is
+    present it is verified with the same reading and checks as a real run, so both refuse the same
+    tarballs.
 options:
   src:
     description: Path of the downloaded tarball on the host (.tar, or .tar.gz/.tar.xz/.tar.bz2).
@@ -91,6 +96,7 @@ checksum_verified:
   type: bool
 """
 
+import collections
 import errno
 import hashlib
 import json
@@ -154,19 +160,45 @@ def verify_checksum(path: str, expected: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Tar member checks (no disk writes)
+# Reading and checking the archive (no disk writes). Check mode and the real run both call
+# scan_tarball, so the two give the same verdict on every tarball.
+
+#: tar ends with two zero blocks. tarfile stops quietly at the end of the file, at a zero block or
+#: at an unreadable header, so without this check a cut-short archive reads as a complete one.
+END_OF_ARCHIVE = b"\0" * (2 * tarfile.BLOCKSIZE)
+#: Symlinks followed while resolving one path before it counts as a loop (the kernel's limit).
+MAX_SYMLINK_HOPS = 40
+#: NUL, newline and other control characters: no model file needs them, and they garble messages and logs.
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+#: What reading a compressed stream to its end raises when its trailer is missing or wrong.
+_STREAM_END_ERRORS = (EOFError, OSError, zlib.error) + _LZMA_ERRORS
+
+#: What scan_tarball found: the members, their normalized paths, the bytes the files take on
+#: disk (hard links are copied) and the directory holding config.json and the weights.
+TarScan = collections.namedtuple("TarScan", "members paths needed model_subdir")
+
+
+def _corrupt(src: str, why) -> InstallError:
+    return InstallError("tarball %s is corrupt or truncated (%s); the current model is unchanged" % (src, why))
 
 
 def member_path(member: tarfile.TarInfo) -> str:
-    """The member's normalized relative path; InstallError if it would land outside the target."""
+    """The member's normalized relative path; InstallError if its name is unsafe."""
     name = member.name
-    if not name or name.startswith("/"):
+    if _CONTROL_CHARACTERS.search(name) or _CONTROL_CHARACTERS.search(member.linkname or ""):
+        raise InstallError("unsafe tar entry %r: control character (NUL, newline, ...) in its name or link" % name)
+    if not name:
+        raise InstallError("unsafe tar entry %r: empty name" % name)
+    if name.startswith("/"):
         raise InstallError("unsafe tar entry %r: absolute path" % name)
     if ".." in name.split("/"):
         raise InstallError("unsafe tar entry %r: '..' in the path" % name)
     normalized = os.path.normpath(name)
-    if normalized.startswith("..") or os.path.isabs(normalized):
+    if not _inside(normalized):
         raise InstallError("unsafe tar entry %r: escapes the target directory" % name)
+    if normalized.split("/")[0].startswith(MARKER_FILE):
+        # The module writes the release marker itself; one from the archive could fake a release.
+        raise InstallError("unsafe tar entry %r: %s is reserved for the release marker" % (name, MARKER_FILE))
     return normalized
 
 
@@ -175,12 +207,14 @@ def _inside(relative: str) -> bool:
 
 
 def check_member(member: tarfile.TarInfo) -> str:
-    """Validate one member's name and type; return its normalized path."""
+    """Validate one member's name and type on its own; return its normalized path."""
     path = member_path(member)
     if member.isdev():
         kind = "fifo" if member.isfifo() else "device file"
         raise InstallError("unsafe tar entry %r: %s" % (member.name, kind))
     if member.issym():
+        if not member.linkname:
+            raise InstallError("unsafe tar entry %r: symlink with an empty target" % member.name)
         if os.path.isabs(member.linkname):
             raise InstallError("unsafe tar entry %r: symlink to absolute path %r" % (member.name, member.linkname))
         target = os.path.normpath(os.path.join(os.path.dirname(path), member.linkname))
@@ -197,14 +231,122 @@ def check_member(member: tarfile.TarInfo) -> str:
     return path
 
 
-def check_members(members: list) -> int:
-    """Validate every member before anything is written; return the bytes the files will take."""
-    total = 0
+def _make_parents(tree: dict, path: str, entry: str) -> None:
+    """Add ``path``'s missing parent directories to ``tree``, as the unpacking creates them."""
+    parts = path.split("/")
+    for end in range(1, len(parts)):
+        parent = "/".join(parts[:end])
+        kind = tree.get(parent, ("dir",))[0]
+        if kind == "file":
+            raise InstallError("tar entry %r: a file is in the way of a directory" % entry)
+        if kind == "link":
+            # Writing through a symlink could land anywhere the link leads; a model never needs it.
+            raise InstallError("unsafe tar entry %r: its path goes through the symlink %r" % (entry, parent))
+        tree.setdefault(parent, ("dir",))
+
+
+def _resolve(tree: dict, path: str, entry: str) -> str:
+    """Where ``path`` leads once the tree's symlinks are followed, the way the kernel (and
+    os.path.realpath) follows them; InstallError when that is outside the tree or a loop."""
+    pending = path.split("/")
+    resolved: list = []
+    hops = 0
+    while pending:
+        part = pending.pop(0)
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not resolved:
+                raise InstallError("unsafe tar entry %r: resolves outside the target through a symlink" % entry)
+            resolved.pop()
+            continue
+        node = tree.get("/".join(resolved + [part]))
+        if node is not None and node[0] == "link":
+            hops += 1
+            if hops > MAX_SYMLINK_HOPS:
+                raise InstallError("unsafe tar entry %r: symlink loop" % entry)
+            # Relative to the link's directory, which is what ``resolved`` holds now.
+            pending = node[1].split("/") + pending
+            continue
+        resolved.append(part)
+    return "/".join(resolved) or "."
+
+
+def validate_members(members: list) -> tuple:
+    """The one check of an archive's entries, run before anything is written, by check mode and
+    the real run alike. It replays the entries on an in-memory tree, so it also catches what
+    entries do together: a name twice (the second would overwrite the first), a path through a
+    symlink, a hard link to a file not unpacked before it, a symlink that leads outside only
+    through other symlinks (or through ones that come later). Returns (paths, needed bytes,
+    model subdir)."""
+    # path -> ("dir",) | ("file", size) | ("link", target)
+    tree: dict = {".": ("dir",)}
+    paths = []
+    needed = 0
     for member in members:
-        check_member(member)
-        if member.isreg():
-            total += member.size
-    return total
+        path = check_member(member)
+        paths.append(path)
+        if path == ".":
+            continue
+        _make_parents(tree, path, member.name)
+        existing = tree.get(path)
+        if existing is not None and not (member.isdir() and existing[0] == "dir"):
+            raise InstallError("tar entry %r appears twice; refusing an ambiguous tarball" % member.name)
+        if member.isdir():
+            tree[path] = ("dir",)
+        elif member.issym():
+            tree[path] = ("link", member.linkname)
+        elif member.islnk():
+            # Unpacking copies the earlier file; any other target is missing then, or not a file.
+            source = tree.get(os.path.normpath(member.linkname))
+            if source is None or source[0] != "file":
+                raise InstallError("tar entry %r: hard link to %r, which is not an earlier file"
+                                   % (member.name, member.linkname))
+            tree[path] = source
+            needed += source[1]
+        else:
+            tree[path] = ("file", member.size)
+            needed += member.size
+    # Links are judged on the finished tree: a later entry can change where an earlier link leads.
+    for path in sorted(tree):
+        if tree[path][0] == "link":
+            _resolve(tree, path, path)
+    model_subdir = find_model_dir([path for path, member in zip(paths, members) if not member.isdir()])
+    config = _resolve(tree, os.path.normpath(os.path.join(model_subdir, "config.json")), "config.json")
+    if tree.get(config, ("missing",))[0] != "file":
+        raise InstallError("config.json in %s is not a regular file inside the tarball" % model_subdir)
+    return paths, needed, model_subdir
+
+
+def check_end_of_archive(tar: tarfile.TarFile, src: str, members: list) -> None:
+    """InstallError unless the entries tarfile read are followed by the end-of-archive marker and
+    the (compressed) stream then ends cleanly."""
+    stream = tar.fileobj
+    try:
+        # tarfile.offset: just past the last entry read. For a compressed stream the block is
+        # normally still in its read buffer, so this seek back costs nothing.
+        stream.seek(tar.offset)
+        end = stream.read(len(END_OF_ARCHIVE))
+        # Read to the end: gzip, xz and bzip2 check their own trailer (CRC, length) only there.
+        while stream.read(_HASH_CHUNK):
+            pass
+    except _STREAM_END_ERRORS as exc:
+        raise _corrupt(src, exc)
+    if end != END_OF_ARCHIVE:
+        last = ("after the entry %r" % members[-1].name) if members else "before any entry"
+        raise _corrupt(src, "tar's end-of-archive marker (two zero blocks) is missing %s: the archive "
+                            "was cut short or a header is damaged" % last)
+
+
+def scan_tarball(tar: tarfile.TarFile, src: str) -> TarScan:
+    """Read every header to the end-of-archive marker and validate the entries (both modes)."""
+    try:
+        members = tar.getmembers()
+    except _TAR_READ_ERRORS as exc:
+        raise _corrupt(src, exc)
+    check_end_of_archive(tar, src, members)
+    paths, needed, model_subdir = validate_members(members)
+    return TarScan(members, paths, needed, model_subdir)
 
 
 def _is_weight_file(name: str) -> bool:
@@ -230,10 +372,6 @@ def find_model_dir(file_paths: list) -> str:
     if len(candidates) > 1:
         raise InstallError("the tarball holds several models (%s); use a tarball with one" % ", ".join(candidates))
     return candidates[0]
-
-
-def model_dir_from_members(members: list) -> str:
-    return find_model_dir([member_path(m) for m in members if not m.isdir()])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -270,11 +408,11 @@ def _make_dirs(root_real: str, dest: str, entry: str) -> None:
         raise InstallError("tar entry %r: a file is in the way of a directory" % entry)
 
 
-def extract_members(tar: tarfile.TarFile, members: list, root: str) -> None:
-    """Unpack checked ``members`` under ``root``, re-checking each path on disk as it goes."""
+def extract_members(tar: tarfile.TarFile, scan: TarScan, root: str) -> None:
+    """Unpack the members scan_tarball accepted under ``root``. The on-disk checks below repeat
+    validate_members' verdict as a second line of defence; they do not decide anything it did not."""
     root_real = os.path.realpath(root)
-    for member in members:
-        path = check_member(member)
+    for member, path in zip(scan.members, scan.paths):
         dest = os.path.join(root_real, path)
         if member.isdir():
             if path != ".":
@@ -313,40 +451,47 @@ def extract_members(tar: tarfile.TarFile, members: list, root: str) -> None:
 
 
 def unpack_release(src: str, sha256: str, releases_dir: str) -> str:
-    """Unpack ``src`` into ``releases_dir/<sha256>`` via a staging dir; return the model subdir."""
-    os.makedirs(releases_dir, mode=0o755, exist_ok=True)
-    remove_stale_staging(releases_dir)
-    staging = tempfile.mkdtemp(prefix=STAGING_PREFIX + sha256[:12] + "-", dir=releases_dir)
+    """Unpack ``src`` into ``releases_dir/<sha256>`` via a staging dir; return the model subdir.
+
+    The whole archive is read and checked before anything is written: a refused tarball leaves
+    no release and no staging directory."""
     try:
-        os.chmod(staging, 0o755)
-        try:
-            with tarfile.open(src, "r:*") as tar:
-                members = tar.getmembers()
-                needed = check_members(members)
-                model_subdir = model_dir_from_members(members)
-                free = shutil.disk_usage(releases_dir).free
-                if needed + SPACE_MARGIN > free:
-                    raise InstallError(
-                        "not enough disk space in %s: the model needs %d MiB, %d MiB are free"
-                        % (releases_dir, (needed + SPACE_MARGIN) >> 20, free >> 20)
-                    )
-                extract_members(tar, members, staging)
-        except _TAR_READ_ERRORS as exc:
-            raise InstallError("tarball %s is corrupt or truncated (%s); the current model is unchanged" % (src, exc))
-        if not os.path.isfile(os.path.join(staging, model_subdir, "config.json")):
-            raise InstallError("config.json in %s is not a regular file inside the tarball" % model_subdir)
-        write_marker(staging, {"sha256": sha256, "model_dir": model_subdir, "installed_at": time.time(),
-                               "activated_at": 0.0, "source": os.path.basename(src)})
-        release = os.path.join(releases_dir, sha256)
-        if os.path.lexists(release):
-            # Only a release without a valid marker gets here: a leftover, not a usable release.
-            shutil.rmtree(release)
-        os.rename(staging, release)
-        fsync_dir(releases_dir)
-        return model_subdir
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        with tarfile.open(src, "r:*") as tar:
+            scan = scan_tarball(tar, src)
+            os.makedirs(releases_dir, mode=0o755, exist_ok=True)
+            free = shutil.disk_usage(releases_dir).free
+            if scan.needed + SPACE_MARGIN > free:
+                raise InstallError(
+                    "not enough disk space in %s: the model needs %d MiB, %d MiB are free"
+                    % (releases_dir, (scan.needed + SPACE_MARGIN) >> 20, free >> 20)
+                )
+            remove_stale_staging(releases_dir)
+            staging = tempfile.mkdtemp(prefix=STAGING_PREFIX + sha256[:12] + "-", dir=releases_dir)
+            try:
+                os.chmod(staging, 0o755)
+                extract_members(tar, scan, staging)
+                _finish_release(staging, src, sha256, scan.model_subdir, releases_dir)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+    except _TAR_READ_ERRORS as exc:
+        # Reading a member's data can still fail (a damaged compressed block).
+        raise _corrupt(src, exc)
+    return scan.model_subdir
+
+
+def _finish_release(staging: str, src: str, sha256: str, model_subdir: str, releases_dir: str) -> None:
+    """Mark the unpacked staging directory complete and rename it to the release."""
+    if not os.path.isfile(os.path.join(staging, model_subdir, "config.json")):
+        raise InstallError("config.json in %s is not a regular file inside the tarball" % model_subdir)
+    write_marker(staging, {"sha256": sha256, "model_dir": model_subdir, "installed_at": time.time(),
+                           "activated_at": 0.0, "source": os.path.basename(src)})
+    release = os.path.join(releases_dir, sha256)
+    if os.path.lexists(release):
+        # Only a release without a valid marker gets here: a leftover, not a usable release.
+        shutil.rmtree(release)
+    os.rename(staging, release)
+    fsync_dir(releases_dir)
 
 
 def remove_stale_staging(releases_dir: str) -> None:
@@ -504,14 +649,12 @@ def install(src, sha256: str, models_root: str, keep_releases: int = 2, check_mo
 
 
 def inspect_tarball(src: str) -> str:
-    """Check mode: validate the tarball's entries and find its model dir without writing."""
+    """Check mode: the real run's reading and checks of the tarball (scan_tarball), writing nothing."""
     try:
         with tarfile.open(src, "r:*") as tar:
-            members = tar.getmembers()
-            check_members(members)
-            return model_dir_from_members(members)
+            return scan_tarball(tar, src).model_subdir
     except _TAR_READ_ERRORS as exc:
-        raise InstallError("tarball %s is corrupt or truncated (%s); the current model is unchanged" % (src, exc))
+        raise _corrupt(src, exc)
 
 
 def main() -> None:

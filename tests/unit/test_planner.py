@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import pytest
 
 from fm9g_deploy.catalog import get_model, load_catalog
 from fm9g_deploy.config import DeploymentConfig
 from fm9g_deploy.errors import UserError
-from fm9g_deploy.gpu import GpuInfo, HostGpuFacts, parse_cuda_version, parse_query_gpu
+from fm9g_deploy.gpu import GpuInfo, HostGpuFacts, parse_cuda_version
 from fm9g_deploy.planner import (
     GIB,
     MIN_REDUCED_MAX_MODEL_LEN,
@@ -19,8 +18,8 @@ from fm9g_deploy.planner import (
     hypothetical_host,
     plan_deployment,
 )
+from tests.unit.nvidia_smi_fixtures import SMI_FIXTURES, facts_from_double, recorded_gpus
 
-SMI_FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "nvidia-smi"
 FM9G_MODELS = [name for name, spec in load_catalog().items() if spec.architecture == "FM9GForCausalLM" and not spec.generated]
 
 
@@ -141,8 +140,7 @@ def test_4b_on_eight_a100_80g_is_eight_replicas():
 
 
 def test_real_h100_facts_plan_the_4b_model():
-    facts = HostGpuFacts(gpus=parse_query_gpu((SMI_FIXTURES / "h100-80gb" / "query-gpu.csv").read_text()),
-                         cuda_driver_version="13.0")
+    facts = HostGpuFacts(gpus=recorded_gpus(SMI_FIXTURES / "h100-80gb"), cuda_driver_version="13.0")
     host = plan_deployment(config("fm9g-4b"), {"h100": facts}).hosts["h100"]
     assert host.tensor_parallel_size == 1 and host.gpu_memory_mib == 81559
     assert host.memory_per_gpu.headroom > 50 * GIB
@@ -203,6 +201,94 @@ def test_gpu_already_in_use_is_noted():
     assert any("GPU 0 has 20000 MiB in use" in note for note in host.notes)
 
 
+# -- what nvidia-smi says about single GPUs (test doubles under tests/fixtures/nvidia-smi/*-double) ----
+
+def test_a_gpu_without_a_memory_size_is_left_out_and_the_others_are_planned():
+    """missing-values-double: GPU 2's memory.total is [Unknown Error]; GPU 1 has no memory.used,
+    GPU 3 no compute_cap and no MIG: only GPU 2 is unusable."""
+    host = plan_deployment(config("fm9g-4b"), {"h": facts_from_double(SMI_FIXTURES / "missing-values-double")}).hosts["h"]
+    assert [r.gpus for r in host.replicas] == [[0], [1], [3]]
+    assert host.gpu_count == 4 and host.gpu_name == "NVIDIA H100 80GB HBM3" and host.gpu_memory_mib == 81559
+    assert host.notes == ["GPU 2 left out of the plan: nvidia-smi gives no memory.total for it ([Unknown Error]), "
+                          "so its size is unknown; check it with `nvidia-smi -q -i 2`"]
+
+
+def test_unusable_gpus_count_in_what_an_override_is_told():
+    facts = facts_from_double(SMI_FIXTURES / "missing-values-double")
+    with pytest.raises(UserError, match=r"needs 4 GPUs but host h \(3 x 80 GiB NVIDIA H100 80GB HBM3, 1 more unusable\) has 3"):
+        plan_deployment(config("fm9g-4b", tensor_parallel_size=4), {"h": facts})
+
+
+def test_a_host_whose_gpus_all_lack_a_size_is_refused():
+    facts = gpu_host(81920, 81920)
+    for gpu in facts.gpus:
+        gpu.memory_total_mib, gpu.unreported = None, {"memory.total": "[N/A]"}
+    with pytest.raises(UserError, match=r"^host h has 2 NVIDIA GPU\(s\) but none the planner can use: GPU 0: nvidia-smi "
+                                        r"gives no memory.total for it \(\[N/A\]\), so its size is unknown; GPU 1: .*"
+                                        r"`profile: cpu`"):
+        plan_deployment(config("fm9g-4b"), {"h": facts})
+
+
+def test_mixed_gpu_models_are_each_named_and_planned_for_the_smallest():
+    """mixed-models-double: two H100 80GB and two A100 40GB."""
+    facts = facts_from_double(SMI_FIXTURES / "mixed-models-double")
+    host = plan_deployment(config("fm9g-4b"), {"h": facts}).hosts["h"]
+    assert [r.gpus for r in host.replicas] == [[0], [1], [2], [3]]
+    assert host.gpu_name == "mixed: 2 x NVIDIA H100 80GB HBM3 + 2 x NVIDIA A100-SXM4-40GB"
+    assert host.gpu_memory_mib == 40960 and host.memory_per_gpu.total == 40960 * 2**20
+    assert host.to_dict()["gpu_models"] == [
+        {"name": "NVIDIA H100 80GB HBM3", "gpus": [0, 1], "memory_mib": 81559},
+        {"name": "NVIDIA A100-SXM4-40GB", "gpus": [2, 3], "memory_mib": 40960},
+    ]
+    assert ("mixed GPU models: GPU 0, 1: NVIDIA H100 80GB HBM3 (80 GiB); GPU 2, 3: NVIDIA A100-SXM4-40GB (40 GiB); "
+            "every replica is planned for the smallest usable GPU (40 GiB)") in host.notes
+    assert not any("differ in memory" in note for note in host.notes)
+    # Four 80 GiB GPUs would hold fm9g-70b at TP 4; sized for the 40 GiB ones, it does not fit.
+    with pytest.raises(UserError, match=r"fm9g-70b needs 8 GPUs of 40 GiB .* but host h \(4 x 40 GiB mixed: "
+                                        r"2 x NVIDIA H100 80GB HBM3 \+ 2 x NVIDIA A100-SXM4-40GB\) has 4"):
+        plan_deployment(config("fm9g-70b"), {"h": facts})
+
+
+def test_mig_enabled_host_is_refused_naming_the_gpu_and_the_fix():
+    """mig-enabled-double: GPU 0 of two A100s has MIG mode on."""
+    with pytest.raises(UserError) as refused:
+        plan_deployment(config("fm9g-4b"), {"mig": facts_from_double(SMI_FIXTURES / "mig-enabled-double")})
+    message = str(refused.value)
+    assert "\n" not in message
+    assert message.startswith("host mig: MIG mode is enabled on GPU 0 (NVIDIA A100-SXM4-80GB); ")
+    assert "MIG device UUIDs" in message and "`sudo nvidia-smi -i 0 -mig 0`" in message
+    assert "GPU 1" not in message
+
+
+def test_every_mig_enabled_gpu_is_named():
+    facts = gpu_host(81920, 81920, 81920)
+    facts.gpus[0].mig_mode = facts.gpus[2].mig_mode = "Enabled"
+    with pytest.raises(UserError, match=r"enabled on GPU 0 \(NVIDIA Test GPU\), 2 \(NVIDIA Test GPU\);.*"
+                                        r"`sudo nvidia-smi -i 0 -mig 0` and `sudo nvidia-smi -i 2 -mig 0`"):
+        plan_deployment(config("fm9g-4b"), {"h": facts})
+
+
+def test_mig_mode_that_could_not_be_read_is_refused_too():
+    facts = gpu_host(81920, 81920)
+    facts.gpus[1].unreported = {"mig.mode.current": "[Unknown Error]"}
+    with pytest.raises(UserError, match=r"host h: nvidia-smi could not read the MIG mode of GPU 1 \(\[Unknown Error\]\)"):
+        plan_deployment(config("fm9g-4b"), {"h": facts})
+
+
+def test_no_mig_on_the_gpu_is_planned():
+    facts = gpu_host(81920)
+    facts.gpus[0].unreported = {"mig.mode.current": "[N/A]"}
+    assert plan_deployment(config("fm9g-4b"), {"h": facts}).hosts["h"].replicas[0].gpus == [0]
+
+
+def test_a_duplicate_gpu_index_is_refused_as_malformed():
+    """duplicate-index-double: GPU 0 listed twice; no plan by index can be trusted."""
+    facts = facts_from_double(SMI_FIXTURES / "duplicate-index-double")
+    with pytest.raises(UserError, match=r"host h has no usable NVIDIA GPU \(nvidia-smi output is malformed: GPU index 0 "
+                                        r"is listed twice \(lines 1 and 2\)\)"):
+        plan_deployment(config("fm9g-4b"), {"h": facts})
+
+
 # -- CPU hosts and profile mismatches -----------------------------------------------------------------
 
 def test_cpu_host_gets_the_cpu_plan():
@@ -247,7 +333,7 @@ def test_gpu_host_with_the_cpu_profile_is_refused():
 def test_old_driver_double_is_refused_for_cuda121():
     """The old-driver facts are a labelled test double (tests/fixtures/nvidia-smi/old-driver-cuda118-double)."""
     double = SMI_FIXTURES / "old-driver-cuda118-double"
-    facts = HostGpuFacts(gpus=parse_query_gpu((double / "query-gpu.csv").read_text()),
+    facts = HostGpuFacts(gpus=recorded_gpus(double),
                          cuda_driver_version=parse_cuda_version((double / "nvidia-smi.txt").read_text()))
     with pytest.raises(UserError, match=r"host old: the NVIDIA driver supports CUDA up to 11\.8 but the stack "
                                         r"needs CUDA 12\.1; upgrade .*\(profile cuda121\)"):
