@@ -19,7 +19,7 @@ help:
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[plot]'
+	$(BIN)/pip install -q -e '.[plot,test]'
 	touch $@
 
 deps: $(VENV)/.installed engine
@@ -43,4 +43,4 @@ test: deps
 	$(PYTEST) tests -q
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -69,6 +70,78 @@ def playbook_argv(
     if verbose:
         argv.append("-" + "v" * min(verbose, 4))
     return argv
+
+
+#: The inventory group whose hosts serve (the playbooks' `hosts: serving`).
+SERVING_GROUP = "serving"
+#: How Ansible's inventory manager reports a plugin that could not parse a source (2.17 to 2.19).
+_PARSE_FAILURE = re.compile(r"Failed to parse (?:inventory|(?P<source>\S+)) with '?(?P<plugin>[\w.]+)'? "
+                            r"plugin: (?P<message>.+)")
+
+
+def read_inventory(inventory: Path):
+    """(InventoryManager, DataLoader, Ansible's warnings) for ``inventory``; read quietly."""
+    import contextlib
+    import io
+
+    os.environ.update({key: value for key, value in ansible_env().items() if key.startswith("ANSIBLE_")})
+    from ansible.errors import AnsibleError
+    from ansible.inventory.manager import InventoryManager
+    from ansible.parsing.dataloader import DataLoader
+
+    loader = DataLoader()
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(said), contextlib.redirect_stdout(said):
+            manager = InventoryManager(loader=loader, sources=[str(inventory)])
+    except AnsibleError as exc:
+        raise UserError(f"inventory {inventory} cannot be read: {_one_line(str(exc))[:200]}; fix it") from None
+    return manager, loader, said.getvalue()
+
+
+def inventory_parse_problem(inventory: Path, warnings: str) -> str | None:
+    """The parser's own first line about ``inventory``, when a plugin failed to parse (part of) it.
+
+    Every plugin that tried says why it failed; the one the file's suffix calls for says it best.
+    """
+    failures: dict[str, str] = {}
+    for match in _PARSE_FAILURE.finditer(warnings):
+        failures.setdefault(match["plugin"], match["message"].strip())
+    if not failures:
+        return None
+    wanted = "yaml" if inventory.suffix in (".yml", ".yaml", ".json") else "ini"
+    plugin = wanted if wanted in failures else next(iter(failures))
+    return f"{plugin} plugin: {failures[plugin]}"
+
+
+def serving_hosts(inventory: Path, limit: str | None = None):
+    """(the serving hosts the limit leaves, the manager, the loader); UserError when none is left.
+
+    Commands that run a playbook on the serving group call this first: without it, an inventory
+    that does not parse or has no `serving` group runs nothing and reports success.
+    """
+    import contextlib
+    import io
+
+    manager, loader, warnings = read_inventory(inventory)  # sets ANSIBLE_* before ansible loads
+    from ansible.errors import AnsibleError
+
+    try:
+        with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+            if limit:
+                manager.subset(limit)
+            hosts = manager.get_hosts(SERVING_GROUP)
+    except AnsibleError as exc:
+        raise UserError(f"--limit {limit!r}: {_one_line(str(exc))[:200]}; use an Ansible host pattern") from None
+    if hosts:
+        return hosts, manager, loader
+    problem = inventory_parse_problem(inventory, warnings)
+    if problem:
+        raise UserError(f"inventory {inventory} cannot be parsed ({problem[:250]}); fix it "
+                        f"(`ansible-inventory -i {inventory} --graph` shows what Ansible reads)")
+    where = f" matching --limit {limit!r}" if limit else ""
+    raise UserError(f"inventory {inventory} has no host in group {SERVING_GROUP}{where}; put the hosts to serve "
+                    f"in a `{SERVING_GROUP}` group{' and check --limit' if limit else ''}")
 
 
 def ansible_env() -> dict[str, str]:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from fm9g_deploy.config import DeploymentConfig
 from fm9g_deploy.errors import UserError
+from fm9g_deploy.keyformat import deployment_key_problem
 from fm9g_deploy.paths import state_dir
 
 
@@ -29,8 +30,14 @@ def resolve_api_key(config: DeploymentConfig, inventory: Path) -> tuple[str, str
         except OSError as exc:
             raise UserError(f"serving.api_key_file {serving.api_key_file}: cannot read it ({exc.strerror}); "
                             "fix the path or its permissions") from None
+        except UnicodeDecodeError:
+            raise UserError(f"serving.api_key_file {serving.api_key_file} is not a text file; put the key "
+                            "in it") from None
         if not key:
             raise UserError(f"serving.api_key_file {serving.api_key_file} is empty; put the key in it")
+        problem = deployment_key_problem(key)
+        if problem:  # the config check read it too; the file may have changed since
+            raise UserError(f"the key in serving.api_key_file {serving.api_key_file} {problem}")
         return key, f"file {serving.api_key_file}"
     path = generated_key_path(inventory)
     if not path.exists():

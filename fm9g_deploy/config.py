@@ -6,8 +6,9 @@ mistake in the file, so the CLI can print one line and exit 2 before anything ru
 
 from __future__ import annotations
 
+import reprlib
 from importlib import resources
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -23,9 +24,18 @@ from pydantic import (
 
 from fm9g_deploy.catalog import model_names
 from fm9g_deploy.errors import UserError
+from fm9g_deploy.keyformat import deployment_key_problem
 from fm9g_deploy.paths import CONFIG_FILENAME
 
 Port = Annotated[int, Field(ge=1, le=65535)]
+#: A deployment config is a few hundred bytes; anything this big is the wrong file.
+MAX_CONFIG_BYTES = 1024 * 1024
+#: Deeper than this is no config of ours (and deep nesting would exhaust the parser's stack).
+MAX_NESTING = 32
+#: The longest context any served model has, with room to spare; bounds the planner's arithmetic.
+MAX_MODEL_LEN = 1 << 20
+#: Config paths (dotted) whose values are never shown in a message.
+SECRET_FIELDS = ("serving.api_key",)
 
 
 def profile_names() -> list[str]:
@@ -37,21 +47,41 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
+def host_path_problem(value: str) -> str | None:
+    """Why ``value`` cannot be a directory on the hosts, or None. Host paths go into systemd units
+    and Ansible tasks that run from other directories, so they must be absolute and plain."""
+    if not value.startswith("/"):
+        return "must be an absolute path on the hosts (starting with /)"
+    if any(not char.isprintable() for char in value):
+        return "holds a control or non-printable character; write a plain absolute path"
+    if ".." in PurePosixPath(value).parts:
+        return "must not contain '..'; write the directory it means"
+    return None
+
+
 class ModelConfig(_Strict):
     name: str = "fm9g-4b"
     #: Directory on each host that holds the unpacked model (the one with config.json).
-    install_dir: str = "/opt/fm9g/models"
+    install_dir: Annotated[str, Field(max_length=1024)] = "/opt/fm9g/models"
 
     @field_validator("name")
     @classmethod
     def _known_model(cls, value: str) -> str:
         if value not in model_names():
-            raise ValueError(f"unknown model {value!r}; choose one of {', '.join(model_names())}")
+            raise ValueError(f"unknown model {_shown(value)}; choose one of {', '.join(model_names())}")
+        return value
+
+    @field_validator("install_dir")
+    @classmethod
+    def _absolute_host_path(cls, value: str) -> str:
+        problem = host_path_problem(value)
+        if problem:
+            raise ValueError(f"{_shown(value, 240)} {problem}, e.g. /opt/fm9g/models")
         return value
 
 
 class ServingConfig(_Strict):
-    served_model_name: str = Field("9g", min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
+    served_model_name: str = Field("9g", min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")
     #: The gateway's port on every serving host (the guide's 8020).
     port: Port = 8020
     #: First loopback port of the replicas on a host; replica i listens on base + i.
@@ -64,12 +94,12 @@ class ServingConfig(_Strict):
     trust_remote_code: bool = True
     serve_mode: Literal["systemd", "container"] = "systemd"
     #: The image of serve_mode container; unset: the profile's image as `fm9g-deploy image build` tags it.
-    container_image: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$")] | None = None
+    container_image: Annotated[str, Field(max_length=512, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$")] | None = None
     # Planner overrides: leave unset to let the planner choose per host.
     tensor_parallel_size: Annotated[int, Field(ge=1, le=64)] | None = None
     replicas_per_host: Annotated[int, Field(ge=1, le=64)] | None = None
-    gpu_memory_utilization: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
-    max_model_len: Annotated[int, Field(ge=16)] | None = None
+    gpu_memory_utilization: Annotated[float, Field(gt=0.0, le=1.0, allow_inf_nan=False)] | None = None
+    max_model_len: Annotated[int, Field(ge=16, le=MAX_MODEL_LEN)] | None = None
     #: KV-cache space in GiB for CPU hosts (vLLM's VLLM_CPU_KVCACHE_SPACE).
     cpu_kvcache_space_gib: Annotated[int, Field(ge=1, le=1024)] = 1
     #: How long a replica leaving service (stop, rolling update) may finish its in-flight requests
@@ -82,15 +112,63 @@ class ServingConfig(_Strict):
 
     @field_validator("api_key")
     @classmethod
-    def _key_not_blank(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and not value.get_secret_value().strip():
+    def _key_usable(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return value
+        problem = deployment_key_problem(value.get_secret_value())
+        if problem == "is empty":
             raise ValueError("is empty; remove it to have a key generated, or set a non-empty key")
+        if problem:
+            raise ValueError(problem)
         return value
+
+    @field_validator("api_key_file")
+    @classmethod
+    def _key_file_readable(cls, value: Path | None) -> Path | None:
+        # Checked on every load, so `config check` finds a wrong path before deploy needs the key.
+        if value is None:
+            return value
+        if not value.is_file():
+            missing = "does not exist" if not value.exists() else "is not a file"
+            raise ValueError(f"{_shown(str(value), 240)} {missing}; create it with the key, or fix the path")
+        try:
+            with value.open("rb") as handle:
+                content = handle.read(4096)
+        except OSError as exc:
+            raise ValueError(f"{_shown(str(value), 240)}: cannot read it ({exc.strerror}); fix its permissions "
+                             "or run as a user who can read it") from None
+        try:
+            key = content.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            key = "\ufffd"  # not text: reported as an unusable character below
+        problem = deployment_key_problem(key)
+        if problem:  # says what is wrong with the key, never what the key is
+            raise ValueError(f"the key in {_shown(str(value), 240)} {problem}")
+        return value
+
+    @model_validator(mode="after")
+    def _one_key_and_free_ports(self) -> "ServingConfig":
+        if self.api_key is not None and self.api_key_file is not None:
+            raise ValueError("api_key and api_key_file are both set; keep one of them")
+        # The planner repeats these checks per host; here they catch what every host would hit.
+        first = self.replica_base_port
+        if self.port == first:
+            raise ValueError(f"port {self.port} is also replica_base_port, the port of replica 0; "
+                             "move one of them")
+        if self.replicas_per_host is not None:
+            last = first + self.replicas_per_host - 1
+            if last > 65535:
+                raise ValueError(f"{self.replicas_per_host} replicas from replica_base_port {first} run past "
+                                 "port 65535; lower replica_base_port")
+            if first <= self.port <= last:
+                raise ValueError(f"replica ports {first}-{last} include the gateway's port {self.port}; "
+                                 "move replica_base_port or port")
+        return self
 
 
 class MirrorConfig(_Strict):
     #: Base URL the hosts fetch artifacts from (the artifact mirror). Unset: the sandbox mirror.
-    url: Annotated[str, Field(pattern=r"^https?://[^\s/]+(/\S*)?$")] | None = None
+    url: Annotated[str, Field(max_length=2048, pattern=r"^https?://[^\s/]+(/\S*)?$")] | None = None
     #: Control-node directory holding the fetched artifacts; unset: the per-user cache.
     cache_dir: Path | None = None
 
@@ -114,7 +192,7 @@ class DeploymentConfig(_Strict):
     @classmethod
     def _known_profile(cls, value: str) -> str:
         if value not in profile_names():
-            raise ValueError(f"unknown stack profile {value!r}; choose one of {', '.join(profile_names())}")
+            raise ValueError(f"unknown stack profile {_shown(value)}; choose one of {', '.join(profile_names())}")
         return value
 
 
@@ -129,7 +207,12 @@ def default_config_path(inventory: Path | None) -> Path:
 def load_config(path: Path) -> DeploymentConfig:
     """Read and validate ``path``; any mistake becomes a one-line UserError."""
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_CONFIG_BYTES + 1)
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise UserError(f"config file {path} is larger than {MAX_CONFIG_BYTES // 1024} KiB; a deployment "
+                            "config is a few lines: check that --config names the right file")
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         raise UserError(
             f"config file {path} not found; pass --config FILE or create {CONFIG_FILENAME} beside "
@@ -141,13 +224,7 @@ def load_config(path: Path) -> DeploymentConfig:
 
 
 def parse_config(text: str, source: str = CONFIG_FILENAME) -> DeploymentConfig:
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or _first_line(str(exc))
-        raise UserError(f"{source}: not valid YAML{where}: {problem}; fix the syntax there") from None
+    data = load_user_yaml(text, source)
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -155,23 +232,108 @@ def parse_config(text: str, source: str = CONFIG_FILENAME) -> DeploymentConfig:
     try:
         return DeploymentConfig.model_validate(data)
     except ValidationError as exc:
-        raise UserError(f"{source}: {describe_validation_error(exc)}") from None
+        message = describe_validation_error(exc)
+    except (ValueError, OverflowError, RecursionError) as exc:
+        # A value pydantic's own checks could not even compare (no such value should reach here).
+        message = f"a value cannot be used ({_first_line(str(exc))[:120]}); see inventory/fm9g.yml for an example"
+    raise UserError(f"{source}: {_scrub_secrets(message, data)}")
 
+
+# -- the YAML the operator writes ----------------------------------------------------------------
+
+class _Refused(yaml.YAMLError):
+    """YAML that parses but is refused (a duplicate key, an alias, too deep); the message says why."""
+
+
+class StrictYamlLoader(yaml.SafeLoader):
+    """SafeLoader that refuses what would silently lose or multiply input: a key given twice (the
+    later one would win), aliases (*name: a few lines can expand to gigabytes) and deep nesting."""
+
+    def __init__(self, stream) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise _Refused(f"line {event.start_mark.line + 1}: aliases (*{event.anchor[:40]}) are "
+                           "not allowed here; write the value out")
+        self._depth += 1
+        try:
+            if self._depth > MAX_NESTING:
+                mark = self.peek_event().start_mark
+                raise _Refused(f"line {mark.line + 1}: nested more than {MAX_NESTING} levels deep; "
+                               "see inventory/fm9g.yml for the expected shape")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    given = key in seen
+                except TypeError:
+                    continue  # an unhashable key: SafeLoader refuses it itself
+                if given:
+                    raise _Refused(f"line {line}: key {_shown(key, 60)} is given again (first at line "
+                                   f"{seen[key]}); keep one of them")
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_user_yaml(text: str, source: str) -> Any:
+    """Parse YAML the operator wrote with StrictYamlLoader; every mistake is a one-line UserError."""
+    try:
+        return yaml.load(text, Loader=StrictYamlLoader)  # noqa: S506 - a SafeLoader subclass
+    except _Refused as exc:
+        raise UserError(f"{source}: {exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or _first_line(str(exc))
+        raise UserError(f"{source}: not valid YAML{where}: {problem}; fix the syntax there") from None
+    except (ValueError, OverflowError) as exc:
+        # A scalar YAML resolves but Python cannot build: an integer of thousands of digits, a
+        # timestamp like 2024-13-45.
+        # (Python's own advice for the first, set_int_max_str_digits, is not the operator's fix.)
+        raise UserError(f"{source}: a value cannot be read ({_first_line(str(exc)).split(';')[0][:120]}); "
+                        "write a plain number or quote the value") from None
+    except RecursionError:
+        raise UserError(f"{source}: nested too deeply; see inventory/fm9g.yml for the expected shape") from None
+
+
+# -- messages --------------------------------------------------------------------------------------
 
 def describe_validation_error(exc: ValidationError) -> str:
     """The first error of ``exc`` as 'field: problem; fix', plus how many more there are."""
     errors = exc.errors(include_url=False)
     first = errors[0]
-    field = ".".join(str(part) for part in first["loc"]) or "(top level)"
-    message = _explain(first)
+    # An unknown key is named as written, so as long as it was written: shorten it.
+    parts = [str(part) for part in first["loc"]]
+    field = ".".join(part if len(part) <= 60 else part[:57] + "..." for part in parts)
+    field = field or "(top level)"
+    message = _explain(first, hide_input=_holds_secret(field))
     more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
     return f"{field}: {message}{more}"
 
 
-def _explain(error: dict[str, Any]) -> str:
+def _holds_secret(field: str) -> bool:
+    """Whether the input at ``field`` is, or may contain, a secret field's value."""
+    if field == "(top level)":
+        return True
+    return any(secret == field or secret.startswith(field + ".") for secret in SECRET_FIELDS)
+
+
+def _explain(error: dict[str, Any], hide_input: bool = False) -> str:
     kind = error["type"]
     ctx = error.get("ctx") or {}
-    got = error.get("input")
+    got = f"{_kind(error.get('input'))}, not shown" if hide_input else _shown(error.get("input"))
     if kind == "extra_forbidden":
         return f"unknown key; remove it or check its spelling ({_valid_keys(error['loc'])})"
     if kind == "value_error":
@@ -180,16 +342,61 @@ def _explain(error: dict[str, Any]) -> str:
         bound = {"greater_than_equal": "at least", "greater_than": "more than",
                  "less_than_equal": "at most", "less_than": "less than"}[kind]
         limit = next(iter(ctx.values()))
-        return f"must be {bound} {limit} (got {got!r}); set a value in range"
+        return f"must be {bound} {limit} (got {got}); set a value in range"
+    if kind == "finite_number":
+        return f"must be a finite number (got {got}); set a value in range"
     if kind == "literal_error":
-        return f"got {got!r}; use {ctx.get('expected')}"
+        return f"got {got}; use {ctx.get('expected')}"
     if kind == "string_pattern_mismatch":
-        return f"{got!r} is not of the expected form; see inventory/fm9g.yml for an example"
+        return f"{got} is not of the expected form; see inventory/fm9g.yml for an example"
+    if kind == "string_too_long":
+        return f"is longer than {ctx.get('max_length')} characters; shorten it"
     if kind == "missing":
         return "is required; add it"
-    if kind.endswith("_type") or kind.endswith("_parsing"):
-        return f"{error['msg'].lower()} (got {got!r}); change the value's type"
+    if kind.endswith("_type") or kind.endswith("_parsing") or kind == "int_from_float":
+        return f"{error['msg'].lower()} (got {got}); change the value's type"
     return f"{error['msg']}; see inventory/fm9g.yml for an example"
+
+
+_REPR = reprlib.Repr()
+_REPR.maxstring, _REPR.maxother, _REPR.maxlong, _REPR.maxlevel = 60, 60, 30, 2
+_REPR.maxdict = _REPR.maxlist = _REPR.maxtuple = _REPR.maxset = 4
+
+
+def _shown(value: Any, limit: int = 80) -> str:
+    """``value`` as a message may quote it: repr, shortened; never fails (a huge number, deep lists)."""
+    try:
+        text = repr(value[: limit + 1]) if isinstance(value, str) else _REPR.repr(value)
+    except (ValueError, RecursionError):  # an int too long for str(), a structure too deep
+        return f"a {type(value).__name__} too large to show"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _kind(value: Any) -> str:
+    """What ``value`` is, in words, for fields whose value a message must not quote."""
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return "nothing" if value is None else "a value"
+
+
+def _scrub_secrets(message: str, data: Any) -> str:
+    """``message`` with the config's api_key value masked, wherever a check may have quoted it."""
+    serving = data.get("serving") if isinstance(data, dict) else None
+    key = serving.get("api_key") if isinstance(serving, dict) else None
+    if isinstance(key, str):
+        # Short fragments would mask ordinary words; those keys never reach a message anyway.
+        for fragment in {key, key.strip()}:
+            if len(fragment) >= 6:
+                message = message.replace(fragment, "********")
+    return message
 
 
 def _valid_keys(loc: tuple) -> str:

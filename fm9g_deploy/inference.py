@@ -38,11 +38,13 @@ class InferRequest:
 
 def check_host(inventory: Path, host: str) -> None:
     """UserError unless ``host`` is a host of the inventory."""
-    from ansible.inventory.manager import InventoryManager
-    from ansible.parsing.dataloader import DataLoader
+    from fm9g_deploy.ansible import inventory_parse_problem, read_inventory
 
-    manager = InventoryManager(loader=DataLoader(), sources=[str(inventory)])
+    manager, _, warnings = read_inventory(inventory)
     if manager.get_host(host) is None:
+        problem = inventory_parse_problem(inventory, warnings)
+        if problem:  # the host may be in the part Ansible could not read
+            raise UserError(f"inventory {inventory} cannot be parsed ({problem[:250]}); fix it")
         known = sorted(h.name for h in manager.get_hosts())
         listed = f" (it has {', '.join(known[:10])}{', ...' if len(known) > 10 else ''})" if known else ""
         raise UserError(f"host {host!r} is not in inventory {inventory}{listed}; pass --host with one of its hosts")
@@ -107,14 +109,18 @@ def build_request(args, config, inventory: Path, prompts: list[str]) -> InferReq
 
     engine = args.engine
     defaults = GUIDE_DEFAULTS[engine]
-    if args.max_tokens is not None and args.max_tokens < 1:
-        raise UserError(f"--max-tokens {args.max_tokens} must be at least 1")
-    if args.temperature is not None and args.temperature < 0:
-        raise UserError(f"--temperature {args.temperature:g} must be 0 or more")
+    # Written so nan fails each check too; the upper bounds refuse inf and numbers the engines
+    # would only fail on, on the host, after loading the model.
+    if args.max_tokens is not None and not 1 <= args.max_tokens <= 1 << 20:
+        raise UserError(f"--max-tokens {args.max_tokens} must be 1 to {1 << 20}")
+    if args.temperature is not None and not 0 <= args.temperature <= 100:
+        raise UserError(f"--temperature {args.temperature:g} must be 0 to 100")
     if args.top_p is not None and not 0 < args.top_p <= 1:
         raise UserError(f"--top-p {args.top_p:g} must be above 0 and at most 1")
-    if args.timeout < 10:
-        raise UserError(f"--timeout {args.timeout} must be at least 10 seconds")
+    if args.seed is not None and not 0 <= args.seed < 2**32:
+        raise UserError(f"--seed {args.seed} must be 0 to {2**32 - 1}")
+    if not 10 <= args.timeout <= 7 * 86400:
+        raise UserError(f"--timeout {args.timeout} must be 10 to {7 * 86400} seconds")
     profile = load_profile(config.profile)
     serving = config.serving
     payload: dict[str, Any] = {

@@ -30,8 +30,6 @@ from fm9g_deploy.verify_suite.facts import (
 )
 
 SUITE_DIR = Path(__file__).resolve().parent / "verify_suite"
-#: The inventory group whose hosts serve (the playbooks' `serving`).
-SERVING_GROUP = "serving"
 #: pytest's exit codes (pytest.ExitCode), without importing pytest into the CLI.
 PYTEST_OK, PYTEST_FAILED, PYTEST_NO_TESTS = 0, 1, 5
 #: Journal lines per failed unit the table's footer shows (the JUnit file has the whole excerpt).
@@ -56,26 +54,11 @@ def locked_packages(lock, set_name: str) -> dict[str, LockedPackage]:
 
 def serving_hosts(inventory: Path, limit: str | None) -> dict[str, dict]:
     """host -> its variables, for the serving hosts the limit leaves; UserError when none is left."""
-    import contextlib
-    import io
+    from fm9g_deploy.ansible import serving_hosts as inventory_serving_hosts
 
-    from fm9g_deploy.ansible import ansible_env
-
-    os.environ.update({key: value for key, value in ansible_env().items() if key.startswith("ANSIBLE_")})
-    from ansible.inventory.manager import InventoryManager
-    from ansible.parsing.dataloader import DataLoader
+    hosts, manager, loader = inventory_serving_hosts(inventory, limit)  # sets ANSIBLE_* before ansible loads
     from ansible.vars.manager import VariableManager
 
-    loader = DataLoader()
-    with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
-        manager = InventoryManager(loader=loader, sources=[str(inventory)])
-        if limit:
-            manager.subset(limit)
-        hosts = manager.get_hosts(SERVING_GROUP)
-    if not hosts:
-        where = f" matching --limit {limit!r}" if limit else ""
-        raise UserError(f"inventory {inventory} has no host in group {SERVING_GROUP}{where}; "
-                        f"check the inventory{' and --limit' if limit else ''}")
     variables = VariableManager(loader=loader, inventory=manager)
     return {host.name: variables.get_vars(host=host) for host in hosts}
 

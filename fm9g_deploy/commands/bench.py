@@ -23,6 +23,11 @@ Exit 1 when any measured request failed.
 """
 
 MAX_PROMPTS = 10_000
+#: Longest --input-len / --output-len in tokens (prompts are built in memory from it).
+MAX_LEN = 1 << 20
+MAX_REQUEST_RATE = 10_000.0
+#: --timeout and --max-duration: the run is promised to be bounded, so inf is no answer.
+MAX_SECONDS = 7 * 86400
 
 
 def register(subparsers) -> None:
@@ -81,17 +86,20 @@ def settings_from(args: argparse.Namespace):
 
     if args.concurrency is not None and args.concurrency < 1:
         raise UserError(f"--concurrency {args.concurrency} must be at least 1")
-    if args.request_rate is not None and not args.request_rate > 0:
-        raise UserError(f"--request-rate {args.request_rate:g} must be above 0")
+    if args.concurrency is not None and args.concurrency > MAX_PROMPTS:
+        raise UserError(f"--concurrency {args.concurrency} must be at most {MAX_PROMPTS}")
+    # `not x > 0` (rather than x <= 0) also refuses nan; the upper bounds refuse inf.
+    if args.request_rate is not None and not 0 < args.request_rate <= MAX_REQUEST_RATE:
+        raise UserError(f"--request-rate {args.request_rate:g} must be above 0 and at most {MAX_REQUEST_RATE}")
     if args.num_prompts is not None and not 1 <= args.num_prompts <= MAX_PROMPTS:
         raise UserError(f"--num-prompts {args.num_prompts} must be 1 to {MAX_PROMPTS}")
     for name in ("input_len", "output_len"):
-        if getattr(args, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} {getattr(args, name)} must be at least 1")
+        if not 1 <= getattr(args, name) <= MAX_LEN:
+            raise UserError(f"--{name.replace('_', '-')} {getattr(args, name)} must be 1 to {MAX_LEN}")
     if args.warmup < 0 or args.warmup > MAX_PROMPTS:
         raise UserError(f"--warmup {args.warmup} must be 0 to {MAX_PROMPTS}")
-    if not args.timeout > 0 or not args.max_duration > 0:
-        raise UserError("--timeout and --max-duration must be above 0 seconds")
+    if not 0 < args.timeout <= MAX_SECONDS or not 0 < args.max_duration <= MAX_SECONDS:
+        raise UserError(f"--timeout and --max-duration must be above 0 and at most {MAX_SECONDS} seconds")
     if args.plot is not None:
         check_plot_target(args.plot)
     concurrency = args.concurrency if args.concurrency is not None else (None if args.request_rate else 4)

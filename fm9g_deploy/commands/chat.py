@@ -11,13 +11,17 @@ kept, so later questions see earlier turns. Type `quit` (or press Ctrl-D) to end
 
 With --message, send one message, print the streamed reply and exit.
 
-The API key comes from --api-key, --api-key-file or the FM9G_API_KEY variable (in that order)
-and is never printed. Before the first message the command checks the URL, the key and that
+The API key comes from --api-key-file or the FM9G_API_KEY variable (in that order) and is
+never printed; it is not taken on the command line, where `ps` would show it. Before the first message the command checks the URL, the key and that
 --model is served; a problem there stops it with one line and exit 2.
 """
 
 #: What ends an interactive chat, as in the guide.
 QUIT_WORD = "quit"
+#: Bounds of the options (beyond them a value is a typo; the server would refuse or never finish).
+MAX_TOKENS = 1 << 20
+MAX_TEMPERATURE = 100.0
+MAX_TIMEOUT_S = 86400
 
 
 def register(subparsers) -> None:
@@ -40,8 +44,12 @@ def run(args: argparse.Namespace) -> int:
     from fm9g_deploy.bench.endpoint import api_key_from, base_url
     from fm9g_deploy.errors import UserError
 
-    if args.max_tokens is not None and args.max_tokens < 1:
-        raise UserError(f"--max-tokens {args.max_tokens} must be at least 1")
+    if args.max_tokens is not None and not 1 <= args.max_tokens <= MAX_TOKENS:
+        raise UserError(f"--max-tokens {args.max_tokens} must be 1 to {MAX_TOKENS}")
+    if args.temperature is not None and not 0 <= args.temperature <= MAX_TEMPERATURE:
+        raise UserError(f"--temperature {args.temperature:g} must be 0 to {MAX_TEMPERATURE:g}")
+    if not 0 < args.timeout <= MAX_TIMEOUT_S:  # also refuses nan and inf
+        raise UserError(f"--timeout {args.timeout:g} must be above 0 and at most {MAX_TIMEOUT_S} seconds")
     if args.message is not None and not args.message.strip():
         raise UserError("--message is empty; write the message to send")
     url = base_url(args.url)

@@ -38,7 +38,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fm9g_deploy.ansible import print_summary, run_playbook
+    from fm9g_deploy.ansible import print_summary, run_playbook, serving_hosts
     from fm9g_deploy.apikey import resolve_api_key
     from fm9g_deploy.commands.common import config_for, inventory_path
     from fm9g_deploy.errors import UserError
@@ -50,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--batch {args.batch} must be at least 1")
     inventory = inventory_path(args)
     config = config_for(args)
+    serving_hosts(inventory, args.limit)  # else the playbook matches no host and "succeeds"
     stack = load_stack(config)
     plan = plan_deployment(config, gather_gpu_facts(inventory, limit=args.limit))
     api_key, source = resolve_api_key(config, inventory)

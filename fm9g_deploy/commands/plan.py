@@ -48,7 +48,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from fm9g_deploy.planner import hypothetical_host, plan_deployment
+    from fm9g_deploy.planner import plan_deployment
 
     from fm9g_deploy.facts import engine_dtype_notes
     from fm9g_deploy.hostvars import model_serve_as
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     config = _config(args)
     probes: dict = {}
     if args.gpus is not None:
-        facts = {args.gpus.strip(): hypothetical_host(args.gpus)}
+        facts = {args.gpus.strip(): _hypothetical_host(args.gpus)}
         plan = plan_deployment(config, facts, check_driver=False)
     else:
         facts, probes = _gather_facts(args, config.serving.serve_mode)
@@ -101,6 +101,18 @@ def _config(args: argparse.Namespace):
             raise UserError(f"unknown model {args.model!r}; choose one of {', '.join(model_names())}")
         config = config.model_copy(update={"model": config.model.model_copy(update={"name": args.model})})
     return config
+
+
+def _hypothetical_host(spec: str):
+    """The planner's reading of --gpus; a number it cannot use (1x1e999GiB) is the operator's mistake."""
+    from fm9g_deploy.errors import UserError
+    from fm9g_deploy.planner import hypothetical_host
+
+    try:
+        return hypothetical_host(spec)
+    except (ValueError, OverflowError):
+        raise UserError(f"--gpus {spec[:60]!r}: a number there is out of range; write e.g. 4xA100-80GB, "
+                        "1xH100 or 8x40GiB") from None
 
 
 def _gather_facts(args: argparse.Namespace, serve_mode: str):

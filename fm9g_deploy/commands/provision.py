@@ -26,12 +26,13 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fm9g_deploy.ansible import print_summary, run_playbook
+    from fm9g_deploy.ansible import print_summary, run_playbook, serving_hosts
     from fm9g_deploy.commands.common import config_for, inventory_path
     from fm9g_deploy.hostvars import load_stack, provision_vars
 
     inventory = inventory_path(args)
     config = config_for(args)
+    serving_hosts(inventory, args.limit)  # else the playbook matches no host and "succeeds"
     stack = load_stack(config)
     if config.serving.serve_mode == "container":
         print("serve_mode container: the Python env lives in the serving image; hosts get the model only")

@@ -66,10 +66,13 @@ def run_status(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from fm9g_deploy.ansible import serving_hosts
     from fm9g_deploy.commands.common import config_for, inventory_path
 
     config = config_for(args)
-    reports = collect_status(inventory_path(args), config, args.limit)
+    inventory = inventory_path(args)
+    serving_hosts(inventory, args.limit)  # else the playbook matches no host and reports nothing
+    reports = collect_status(inventory, config, args.limit)
     if args.json:
         print(json.dumps(reports, indent=2))
         return 0 if _all_ready(reports) else 1
@@ -103,7 +106,7 @@ def _all_ready(reports: dict) -> bool:
 
 
 def run_stop(args: argparse.Namespace) -> int:
-    from fm9g_deploy.ansible import print_summary, run_playbook
+    from fm9g_deploy.ansible import print_summary, run_playbook, serving_hosts
     from fm9g_deploy.commands.common import config_for, inventory_path
 
     from fm9g_deploy.errors import UserError
@@ -111,7 +114,9 @@ def run_stop(args: argparse.Namespace) -> int:
     if any(index < 0 for index in args.replica):
         raise UserError(f"--replica {min(args.replica)}: replica indexes start at 0; see `fm9g-deploy status`")
     config = config_for(args)
-    result = run_playbook("stop.yml", inventory_path(args), limit=args.limit, check=args.check,
+    inventory = inventory_path(args)
+    serving_hosts(inventory, args.limit)  # else the playbook matches no host and "succeeds"
+    result = run_playbook("stop.yml", inventory, limit=args.limit, check=args.check,
                           extra_vars={"fm9g_replica_mode": config.serving.serve_mode,
                                       "fm9g_rollout_drain_timeout_s": config.serving.drain_timeout_s,
                                       "fm9g_rollout_stop_indexes": sorted(set(args.replica))})

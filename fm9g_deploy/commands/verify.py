@@ -46,6 +46,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import sys
 
+    from fm9g_deploy.ansible import serving_hosts
     from fm9g_deploy.commands.common import config_for, inventory_path
     from fm9g_deploy.errors import UserError
     from fm9g_deploy.verification import build_facts, check_keyword, render, run_suite, verdict
@@ -57,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     if args.junitxml is not None and not args.junitxml.resolve().parent.is_dir():
         raise UserError(f"--junitxml {args.junitxml}: directory {args.junitxml.resolve().parent} does not exist; "
                         "create it or name a file in an existing directory")
+    serving_hosts(inventory, args.limit)  # the inventory's own mistakes first, before the cache's
     facts = build_facts(config, inventory, args.limit)
     print(f"verify: {len(facts.hosts)} host(s): {', '.join(sorted(facts.hosts))}", file=sys.stderr)
     suite = run_suite(facts, junitxml=args.junitxml.resolve() if args.junitxml else None,

@@ -184,7 +184,7 @@ def test_bad_endpoint_input_is_one_line(gateway, tmp_path, command):
     port = _closed_port()
     _one_line_error(run_cli(*command, "--url", f"http://127.0.0.1:{port}", env=KEY_ENV, timeout=60),
                     f"cannot reach http://127.0.0.1:{port}")
-    wrong = run_cli(*command, "--url", gateway, "--api-key", "not-the-key", timeout=60)
+    wrong = run_cli(*command, "--url", gateway, env={"FM9G_API_KEY": "not-the-key"}, timeout=60)
     _one_line_error(wrong, "rejected the API key (401)")
     assert "not-the-key" not in wrong.stderr
     _one_line_error(run_cli(*command, "--url", gateway, "--model", "no-such-model", env=KEY_ENV, timeout=60),

@@ -30,9 +30,23 @@ def _key_args(api_key=None, api_key_file=None):
     return argparse.Namespace(api_key=api_key, api_key_file=api_key_file)
 
 
-def test_key_from_option_wins_over_file_and_env(tmp_path, monkeypatch):
+def test_key_on_the_command_line_is_refused_with_the_fix(monkeypatch):
     monkeypatch.setenv(API_KEY_ENV, "from-env")
-    assert api_key_from(_key_args(api_key="from-flag")) == "from-flag"
+    with pytest.raises(UserError, match="`ps` shows it to every user; pass --api-key-file FILE or set FM9G_API_KEY"):
+        api_key_from(_key_args(api_key="from-flag"))
+
+
+@pytest.mark.parametrize("key", ["ключ", "tab\there", "bell\x07", "x" * 2000])
+def test_key_an_http_header_cannot_carry_is_refused_without_showing_it(tmp_path, monkeypatch, key):
+    monkeypatch.setenv(API_KEY_ENV, key)
+    with pytest.raises(UserError, match=f"the key in {API_KEY_ENV} ") as from_env:
+        api_key_from(_key_args())
+    path = tmp_path / "key"
+    path.write_text(key + "\n", encoding="utf-8")
+    with pytest.raises(UserError, match="the key in --api-key-file") as from_file:
+        api_key_from(_key_args(api_key_file=path))
+    for caught in (from_env, from_file):
+        assert key not in str(caught.value)
 
 
 def test_key_from_file_is_stripped(tmp_path, monkeypatch):
@@ -56,8 +70,10 @@ def test_empty_or_missing_key_file_is_a_user_error_that_hides_nothing_secret(tmp
         api_key_from(_key_args(api_key_file=empty))
     with pytest.raises(UserError, match="cannot read it"):
         api_key_from(_key_args(api_key_file=tmp_path / "absent"))
-    with pytest.raises(UserError, match="--api-key is empty"):
-        api_key_from(_key_args(api_key="   "))
+    undecodable = tmp_path / "binary"
+    undecodable.write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(UserError, match="is not a text file"):
+        api_key_from(_key_args(api_key_file=undecodable))
 
 
 def test_prompts_file_one_per_line_skips_blank_lines(tmp_path):
@@ -106,3 +122,11 @@ def test_generated_prompts_are_fixed_by_the_seed():
 
 def test_take_cycles_through_the_prompts():
     assert take(["a", "b"], 5) == ["a", "b", "a", "b", "a"]
+
+
+@pytest.mark.parametrize("typed", ["HTTP://¡", "http://[::1", "http://host:99999", "http://ex\u2100mple.com",
+                                   "http://a b:80", "http://host\x00/", "http://host/\x00"])
+def test_base_url_refuses_what_the_http_clients_cannot_parse(typed):
+    """These raised httpx.InvalidURL or ValueError as a traceback (found by test_input_promise)."""
+    with pytest.raises(UserError, match="is not an http"):
+        base_url(typed)

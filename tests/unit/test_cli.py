@@ -87,3 +87,69 @@ def test_closed_stdout_is_not_a_traceback():
         os.close(write_end)
     assert "Traceback" not in result.stderr
     assert result.returncode == 1
+
+
+# -- one line, always -----------------------------------------------------------------------------
+
+def _main(capsys, *argv: str) -> tuple[int, str, str]:
+    from fm9g_deploy.cli import main
+
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["plan"], "one of the arguments -i/--inventory --gpus is required; see `fm9g-deploy plan --help`"),
+    (["plan", "--gpus"], "argument --gpus: expected one argument; see `fm9g-deploy plan --help`"),
+    (["chat"], "the following arguments are required: --url; see `fm9g-deploy chat --help`"),
+    (["config"], "the following arguments are required: ACTION"),
+    (["config", "check", "--no-such-option"], "unrecognized arguments: --no-such-option"),
+    (["launch-rockets"], "invalid choice: 'launch-rockets'"),
+])
+def test_option_mistakes_are_one_line_not_usage(capsys, argv, expected):
+    """argparse printed its usage block above the error: several lines for one mistake."""
+    code, out, err = _main(capsys, *argv)
+    assert code == 2 and out == ""
+    assert err.splitlines() == [err.strip()] and err.startswith("fm9g-deploy: error: ") and expected in err
+
+
+def test_long_multiline_message_is_one_bounded_line(capsys, monkeypatch):
+    from fm9g_deploy.commands import config as config_command
+    from fm9g_deploy.errors import MAX_ERROR_LINE, UserError
+
+    def huge(args):
+        raise UserError("start " + "lol\n" * 1_000_000 + "\x1b[2J\u2028 the fix")
+
+    monkeypatch.setattr(config_command, "run_check", huge)
+    code, _, err = _main(capsys, "config", "check")
+    assert code == 2
+    line = err.rstrip("\n")
+    assert len(err.splitlines()) == 1 and len(line) <= MAX_ERROR_LINE
+    assert line.startswith("fm9g-deploy: error: start lol") and line.endswith("\\x1b[2J the fix")
+
+
+def test_unexpected_exception_is_one_line_and_debuggable(capsys, monkeypatch):
+    from fm9g_deploy.commands import config as config_command
+
+    def buggy(args):
+        raise RuntimeError("boom\nsecond line")
+
+    monkeypatch.setattr(config_command, "run_check", buggy)
+    code, _, err = _main(capsys, "config", "check")
+    assert code == 1 and len(err.splitlines()) == 1
+    assert "internal error: RuntimeError: boom second line" in err and "FM9G_DEBUG=1" in err
+    monkeypatch.setenv("FM9G_DEBUG", "1")
+    with pytest.raises(RuntimeError, match="boom"):
+        _main(capsys, "config", "check")
+
+
+@pytest.mark.parametrize("text, limit, expected", [
+    ("a\nb\r\nc\x0bd\x0ce\x1cf\x85g\u2028h\u2029i", 400, "a b c d e f g h i"),
+    ("bidi\u202eoverride \udcff esc\x1b[0m", 400, "bidi\\u202eoverride \\udcff esc\\x1b[0m"),
+    ("x" * 50 + "the fix", 40, "x" * 22 + " ... " + "x" * 6 + "the fix"),
+])
+def test_one_line(text, limit, expected):
+    from fm9g_deploy.errors import one_line
+
+    assert one_line(text, limit) == expected

@@ -27,7 +27,7 @@ def _one_line_error(result, *fragments):
 @pytest.mark.parametrize("command", [["chat", "--message", "hi"], ["bench", "--num-prompts", "2"]])
 def test_unreachable_url_is_one_line(command):
     port = _closed_port()
-    result = run_cli(*command, "--url", f"http://127.0.0.1:{port}", "--api-key", "k", timeout=60)
+    result = run_cli(*command, "--url", f"http://127.0.0.1:{port}", env={"FM9G_API_KEY": "k"}, timeout=60)
     _one_line_error(result, f"cannot reach http://127.0.0.1:{port}", "check --url")
 
 
@@ -55,12 +55,43 @@ def test_empty_prompts_file_for_bench(tmp_path):
     (["--concurrency", "0"], "--concurrency 0 must be at least 1"),
     (["--request-rate", "0"], "--request-rate 0 must be above 0"),
     (["--num-prompts", "0"], "--num-prompts 0 must be 1 to"),
-    (["--output-len", "0"], "--output-len 0 must be at least 1"),
+    (["--output-len", "0"], "--output-len 0 must be 1 to"),
+    (["--input-len", "99999999999"], "--input-len 99999999999 must be 1 to"),
+    (["--request-rate", "inf"], "--request-rate inf must be above 0 and at most"),
+    (["--request-rate", "nan"], "--request-rate nan must be above 0"),
+    (["--timeout", "inf"], "--timeout and --max-duration must be above 0 and at most"),
+    (["--max-duration", "nan"], "--timeout and --max-duration must be above 0 and at most"),
     (["--plot", "out.jpg"], "must name a .png file"),
     (["--plot", "/no/such/folder/out.png"], "does not exist"),
 ])
 def test_bench_option_checks(options, message):
     _one_line_error(run_cli("bench", "--url", "http://127.0.0.1:1", *options, timeout=60), message)
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--temperature", "nan"], "--temperature nan must be 0 to"),
+    (["--timeout", "inf"], "--timeout inf must be above 0 and at most"),
+    (["--max-tokens", "0"], "--max-tokens 0 must be 1 to"),
+    (["--max-tokens", "x"], "argument --max-tokens: invalid int value: 'x'; see `fm9g-deploy chat --help`"),
+])
+def test_chat_option_checks(options, message):
+    _one_line_error(run_cli("chat", "--url", "http://127.0.0.1:1", "--message", "hi", *options, timeout=60), message)
+
+
+@pytest.mark.parametrize("command", [["chat", "--message", "hi"], ["bench"]])
+def test_key_on_the_command_line_is_refused(command):
+    line = _one_line_error(run_cli(*command, "--url", "http://127.0.0.1:1", "--api-key", "s3cret-on-argv",
+                                   timeout=60), "`ps` shows it", "--api-key-file FILE or set FM9G_API_KEY")
+    assert "s3cret-on-argv" not in line
+
+
+@pytest.mark.parametrize("command", [["chat", "--message", "hi"], ["bench", "--num-prompts", "2"]])
+def test_non_ascii_key_is_one_line_not_a_unicode_traceback(command):
+    """httpx raised UnicodeEncodeError on the Authorization header of a key like this one."""
+    result = run_cli(*command, "--url", f"http://127.0.0.1:{_closed_port()}", env={"FM9G_API_KEY": "ключ-9g"},
+                     timeout=60)
+    line = _one_line_error(result, "the key in FM9G_API_KEY holds a character an HTTP header cannot carry")
+    assert "ключ" not in line and "Traceback" not in result.stderr
 
 
 def test_chat_empty_message():

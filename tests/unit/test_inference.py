@@ -81,10 +81,14 @@ def test_transformers_request_follows_the_guide(tmp_path):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"max_tokens": 0}, "--max-tokens 0 must be at least 1"),
-    ({"temperature": -1.0}, "--temperature -1 must be 0 or more"),
+    ({"max_tokens": 0}, "--max-tokens 0 must be 1 to"),
+    ({"max_tokens": 10**30}, "--max-tokens 1000000000000000000000000000000 must be 1 to"),
+    ({"temperature": -1.0}, "--temperature -1 must be 0 to 100"),
+    ({"temperature": float("nan")}, "--temperature nan must be 0 to 100"),
     ({"top_p": 1.5}, "--top-p 1.5 must be above 0"),
-    ({"timeout": 1}, "--timeout 1 must be at least 10"),
+    ({"seed": 2**64}, "--seed 18446744073709551616 must be 0 to"),
+    ({"timeout": 1}, "--timeout 1 must be 10 to"),
+    ({"timeout": 10**12}, "--timeout 1000000000000 must be 10 to"),
 ])
 def test_bad_sampling_options_are_refused(tmp_path, overrides, message):
     config = parse_config("model: {name: tiny-random}\nprofile: cpu\n")

@@ -73,9 +73,9 @@ def test_impossible_override_in_config(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv", [[], ["-i", "hosts.yml", "--gpus", "1xH100"]])
 def test_exactly_one_of_inventory_or_gpus(capsys, argv):
-    with pytest.raises(SystemExit) as exited:
-        main(["plan", *argv])
-    assert exited.value.code == 2
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and out == ""
+    assert len(err.splitlines()) == 1 and "-i/--inventory" in err and "see `fm9g-deploy plan --help`" in err
 
 
 # -- plan -i: the real gpu_facts playbook ---------------------------------------------------------------
