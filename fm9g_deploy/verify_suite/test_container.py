@@ -75,11 +75,26 @@ def test_replica_container_listens_on_loopback_only(host, container, replica):
     expect(network == "host" or network.startswith("container:"),
            f"network mode {network!r}: the replica must share the host's network to be on its loopback")
     expect(not container["HostConfig"].get("PortBindings"), "the replica publishes ports beyond loopback")
-    expect(_env(container).get("FM9G_HOST") == "127.0.0.1", "FM9G_HOST is not 127.0.0.1")
+    command = container.get("Args") or []
+    expect("--host" in command and command[command.index("--host") + 1:][:1] == ["127.0.0.1"],
+           "vLLM in the container is not told --host 127.0.0.1")
     on_port = [s for s in listening_tcp(host) if s.port == replica["port"]]
     expect(on_port, f"nothing listens on port {replica['port']} (replica {replica['index']})")
     exposed = [str(s) for s in on_port if not s.loopback]
     expect(not exposed, f"port {replica['port']} is open beyond loopback: {', '.join(exposed)}")
+
+
+def test_replica_container_runs_its_spec(container, replica):
+    """runs its spec"""
+    name = container["Name"].lstrip("/")
+    command = container.get("Args") or []
+    expect(command == ["--", *replica["argv"]],
+           f"{name} runs another command than replica {replica['index']}'s spec; run `fm9g-deploy deploy`")
+    environment = _env(container)
+    # FM9G_DTYPE is the host's to set (the engine probe's fallback); the rest is the spec's.
+    differ = sorted(key for key, value in replica["environment"].items()
+                    if key != "FM9G_DTYPE" and environment.get(key) != value)
+    expect(not differ, f"{name}'s environment differs from its spec in {', '.join(differ)}; run `fm9g-deploy deploy`")
 
 
 def test_replica_container_mounts_model_and_key_read_only(container, facts):
