@@ -64,15 +64,6 @@ def replica_container(index, prefix=""):
     return "%sfm9g-replica-%d" % (prefix or "", int(index))
 
 
-def replica_spec_file(index, config_dir=CONFIG_DIR):
-    """Replica ``index``'s spec as deployed (JSON): what `status`, `stop` and `verify` read."""
-    return os.path.join(config_dir, "replica-%d.json" % int(index))
-
-
-def replica_env_file(index, config_dir=CONFIG_DIR):
-    return os.path.join(config_dir, "replica-%d.env" % int(index))
-
-
 def supervisor_state_dir(serve_mode, index, state_dir=STATE_DIR):
     """Where replica ``index``'s supervisor keeps its state, on the host's filesystem."""
     if serve_mode == "container":
