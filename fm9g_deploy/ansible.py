@@ -17,7 +17,7 @@ from typing import Any
 
 from fm9g_deploy import layout
 from fm9g_deploy.errors import OperationFailed, UserError
-from fm9g_deploy.paths import PLAYBOOKS_DIR, PROJECT_ROOT
+from fm9g_deploy.paths import ANSIBLE_CFG, CONTENT_ROOT, LIBRARY_DIR, MODULE_UTILS_DIR, PLAYBOOKS_DIR, ROLES_DIR
 
 
 @dataclass
@@ -145,11 +145,13 @@ def serving_hosts(inventory: Path, limit: str | None = None):
 
 
 def ansible_env() -> dict[str, str]:
-    """Environment for Ansible: the project's ansible.cfg and roles, whatever the cwd."""
+    """Environment for Ansible: the project's ansible.cfg, roles and modules, whatever the cwd
+    (a checkout's or an installed wheel's, found through the package)."""
     return {
-        "ANSIBLE_CONFIG": str(PROJECT_ROOT / "ansible.cfg"),
-        "ANSIBLE_ROLES_PATH": str(PROJECT_ROOT / "roles"),
-        "ANSIBLE_LIBRARY": str(PROJECT_ROOT / "library"),
+        "ANSIBLE_CONFIG": str(ANSIBLE_CFG),
+        "ANSIBLE_ROLES_PATH": str(ROLES_DIR),
+        "ANSIBLE_LIBRARY": str(LIBRARY_DIR),
+        "ANSIBLE_MODULE_UTILS": str(MODULE_UTILS_DIR),
         "ANSIBLE_FORCE_COLOR": "0",
         "ANSIBLE_NOCOLOR": "1",
     }
@@ -197,7 +199,7 @@ def run_playbook(
             output_fd=None,
             error_fd=None,
             runner_mode="subprocess",
-            host_cwd=str(PROJECT_ROOT),
+            host_cwd=str(CONTENT_ROOT),
         )
         runner.run()
         problems = reporter.problems

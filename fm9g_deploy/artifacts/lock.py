@@ -16,9 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from fm9g_deploy.artifacts.cache import json_kind
 from fm9g_deploy.errors import UserError
-from fm9g_deploy.paths import PROJECT_ROOT
+from fm9g_deploy.paths import LOCKS_DIR
 
-LOCKS_DIR = PROJECT_ROOT / "locks"
 LOCK_VERSION = 1
 BASE_SET = "base"
 
