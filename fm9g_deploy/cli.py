@@ -17,7 +17,9 @@ from fm9g_deploy.errors import MAX_ERROR_LINE, OperationFailed, UserError, one_l
 
 #: Subcommand modules, in the order --help lists them (roughly the order of a rollout).
 COMMAND_MODULES = [
+    "init",
     "config",
+    "doctor",
     "sandbox",
     "artifacts",
     "model",
