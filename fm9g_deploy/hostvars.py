@@ -99,6 +99,11 @@ def load_stack(config: DeploymentConfig, config_path: Path | None = None) -> Sta
     if not stack.requirements_file().is_file():
         raise UserError(f"the {profile.name} wheels ({set_name}) are not all in the artifact cache "
                         f"{cache.root}; {fetch_hint}")
+    absent = [a.filename for a in lock.installers() + lock.conda_packages() if not cache.has(a.sha256, a.filename)]
+    if absent and profile.env.manager == "conda" and config.serving.serve_mode == "systemd":
+        more = f" and {len(absent) - 1} more" if len(absent) > 1 else ""
+        raise UserError(f"{absent[0]}{more} of the {profile.name} lock are not in the artifact cache {cache.root}; "
+                        f"{fetch_hint}")
     pin = cache.pins().get(config.model.name)
     if not pin or not cache.has(pin["sha256"], pin["filename"]):
         raise UserError(f"the {config.model.name} tarball is not in the artifact cache {cache.root}; {fetch_hint}")
@@ -143,7 +148,21 @@ def provision_vars(stack: Stack) -> dict[str, Any]:
                             f"run `fm9g-deploy artifacts lock --profile {profile.name}`")
         values["fm9g_python_env_conda_installer_url"] = f"{stack.mirror_url}/sha256/{installer.sha256}/{installer.filename}"
         values["fm9g_python_env_conda_installer_sha256"] = installer.sha256
+        values["fm9g_python_env_conda_packages"] = conda_packages(stack, required=with_env)
     return values
+
+
+def conda_packages(stack: Stack, *, required: bool = True) -> list[dict[str, str]]:
+    """The conda env's packages on the mirror, in the lock's (conda's link) order: what the env role
+    downloads and creates the env from offline. UserError when the lock has none (and the hosts
+    build the env): the env would then need the conda channel at provision time, which hosts never reach."""
+    from fm9g_deploy.artifacts.publish import file_url
+
+    from fm9g_deploy.artifacts.conda import locked_packages
+
+    packages = locked_packages(stack.profile, stack.lock) if required else stack.lock.conda_packages()
+    return [{"filename": a.filename, "sha256": a.sha256, "url": file_url(stack.mirror_url, a.sha256, a.filename)}
+            for a in packages]
 
 
 def serve_vars(stack: Stack, plan, api_key: str, accept_downtime: bool = False) -> dict[str, Any]:

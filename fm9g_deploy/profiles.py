@@ -21,6 +21,8 @@ Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 HttpUrl = Annotated[str, Field(pattern=r"^https?://\S+$")]
 
 _MANYLINUX = re.compile(r"^manylinux_(\d+)_(\d+)_(x86_64|aarch64)$")
+#: The conda subdir of each architecture a manylinux tag names.
+_CONDA_SUBDIR = {"x86_64": "linux-64", "aarch64": "linux-aarch64"}
 
 
 class _Strict(BaseModel):
@@ -70,6 +72,29 @@ class InstallerFile(_Strict):
         return filename_from_url(self.url)
 
 
+class CondaSpec(_Strict):
+    """The conda packages of a conda env (Python itself and what comes with it), locked as exact files.
+
+    `fm9g-deploy artifacts lock` asks conda (from the locked Miniforge installer) what
+    `conda create SPECS` would link from ``channel`` for ``platform``; the hosts then create the env
+    offline from those files on the mirror, never from the channel.
+    """
+
+    #: A channel name (conda-forge: https://conda.anaconda.org/conda-forge) or a channel URL.
+    channel: str = Field(min_length=1, pattern=r"^(https?://\S+|[A-Za-z0-9][A-Za-z0-9._-]*)$")
+    #: What `conda create` is asked for: match specs without spaces, e.g. python=3.10.16 and pip.
+    specs: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_]\S*$")]] = Field(min_length=1)
+    #: The conda subdir of the hosts.
+    platform: Literal["linux-64", "linux-aarch64"] = "linux-64"
+
+    @property
+    def channel_url(self) -> str:
+        """The channel as a URL, so no channel_alias of the control node's conda config redirects it."""
+        if "://" in self.channel:
+            return self.channel.rstrip("/")
+        return f"https://conda.anaconda.org/{self.channel}"
+
+
 class PythonPackages(_Strict):
     #: What to install, as pip requirements; resolved with their dependencies for the target.
     requirements: list[str] = Field(default_factory=list)
@@ -107,6 +132,8 @@ class Profile(_Strict):
     python_packages: PythonPackages = Field(default_factory=PythonPackages)
     vllm: VllmSpec
     installers: list[InstallerFile] = Field(default_factory=list)
+    #: conda profiles only: the env's conda packages, locked so hosts create the env offline.
+    conda: CondaSpec | None = None
     #: OS packages the wheels need at run time (from the host's own package repositories).
     system_packages: list[str] = Field(default_factory=list)
     #: Extra arguments for every vLLM server of this profile.
@@ -129,6 +156,22 @@ class Profile(_Strict):
         if not _MANYLINUX.match(value):
             raise ValueError(f"{value!r} is not a manylinux_<major>_<minor>_<arch> tag")
         return value
+
+    @model_validator(mode="after")
+    def _conda_section_fits_the_env(self) -> Profile:
+        if self.conda is None:
+            return self
+        if self.env.manager != "conda":
+            raise ValueError(f"conda: only a profile whose env.manager is conda has conda packages "
+                             f"(this one's is {self.env.manager})")
+        arch = _MANYLINUX.match(self.platform).group(3)
+        if _CONDA_SUBDIR[arch] != self.conda.platform:
+            raise ValueError(f"conda.platform {self.conda.platform} is not the hosts' ({_CONDA_SUBDIR[arch]}, "
+                             f"from platform {self.platform})")
+        python = {f"python={self.env.python}", f"python=={self.env.python}"}
+        if not python & set(self.conda.specs):
+            raise ValueError(f"conda.specs must pin python={self.env.python} (the profile's env.python)")
+        return self
 
     @property
     def python_version(self) -> str:

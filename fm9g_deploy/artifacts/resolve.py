@@ -8,7 +8,8 @@ configuration (extra indexes, find-links, constraints) is kept out: a lock comes
 profile's index alone. pip reads each wheel's dependencies from the index's metadata files (PEP 658)
 and, where an index publishes none, from the wheel's own metadata through HTTP range requests
 (fast-deps) rather than by downloading the whole wheel (GBs for a CUDA stack); the sha256 then comes
-from the index, which must publish it.
+from the index, which must publish it. A conda profile's env packages are locked by conda itself
+(fm9g_deploy/artifacts/conda.py).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from fm9g_deploy import __version__
 from fm9g_deploy.artifacts.cache import Cache
+from fm9g_deploy.artifacts.conda import lock_conda_packages
 from fm9g_deploy.artifacts.lock import BASE_SET, Lock, LockedArtifact, LockTarget
 from fm9g_deploy.artifacts.sources import find_local
 from fm9g_deploy.errors import OperationFailed, UserError
@@ -260,6 +262,8 @@ def build_lock(profile: Profile, cache: Cache, *, search: list[Path], index_url:
         files = run_pip_resolve(profile, requirements, index_url=index_url, find_links=find_links)
         return prune_excluded(files, packages.exclude, markers)
 
+    # First: it needs the conda channel, and fails fast (one line) where this machine cannot reach it.
+    conda_packages = lock_conda_packages(profile, cache, search=search, on_step=on_step)
     on_step(f"resolving {profile.name} for Python {profile.env.python} on {profile.platform}")
     groups = [_to_artifacts(resolve(base_requirements), profile, BASE_SET)]
     sets = {BASE_SET: "the profile's Python packages" + (" (vLLM included)" if profile.vllm.source == "index" else "")}
@@ -291,6 +295,9 @@ def build_lock(profile: Profile, cache: Cache, *, search: list[Path], index_url:
         lookup_sizes(artifacts, index_url or profile.index_url)
     order = {"installer": 0, "operator-wheel": 1, "wheel": 2}
     artifacts.sort(key=lambda a: (order[a.kind], canonical(a.name), a.version, a.filename, a.sha256))
+    # The conda packages after the installer, in conda's link order (an explicit spec's order).
+    installers = sum(1 for a in artifacts if a.kind == "installer")
+    artifacts[installers:installers] = conda_packages
     pip_version = _pip_version()
     return Lock(
         profile=profile.name,

@@ -11,7 +11,8 @@ HELP = """\
 Hosts never download from the internet: the control node locks each stack profile to exact
 files (sha256), fetches them into a content-addressed cache, and serves that cache as a mirror.
 
-  artifacts lock  --profile cpu        resolve the profile into locks/cpu.json (needs the index)
+  artifacts lock  --profile cpu        resolve the profile into locks/cpu.json (needs the index,
+                                       and conda-forge for a conda profile's env packages)
   artifacts add   FILE --family F      register the FM9G vLLM wheel you downloaded (cuda121)
   artifacts fetch --profile cpu        download every locked file into the cache (resumable)
   artifacts verify                     re-hash the cache
@@ -53,7 +54,11 @@ def register(subparsers) -> None:
         "lock", help="resolve a stack profile into a lock of exact files with sha256",
         description="Resolve a stack profile with pip's resolver for the hosts' Python and platform, and "
                     "write the lock (default: locks/<profile>.json). Needs the package index. Registered "
-                    "vLLM wheels (artifacts add) are resolved in, one install set per family.")
+                    "vLLM wheels (artifacts add) are resolved in, one install set per family. A profile "
+                    "with a conda section also locks its env's conda packages: the locked Miniforge "
+                    "installer (fetched into the cache if absent) is installed into a scratch directory "
+                    "and its conda lists what `conda create` would link, so this machine must reach the "
+                    "conda channel (hosts never do).")
     _add_profile(lock)
     lock.add_argument("--output", type=Path, metavar="FILE",
                       help="where to write the lock (default: locks/<profile>.json)")

@@ -42,7 +42,7 @@ def require_complete(plan: BuildPlan) -> None:
 def assemble_context(plan: BuildPlan, folder: Path) -> None:
     """Write the build context of ``plan`` into the empty directory ``folder``."""
     require_complete(plan)
-    for sub in ("wheels", "installer", "model"):
+    for sub in ("wheels", "installer", "conda", "model"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
     for name, source in plan.files.items():
         target = folder / name

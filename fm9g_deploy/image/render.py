@@ -29,6 +29,9 @@ CUDA_BASES = {
     "12.1": "nvidia/cuda:12.1.1-runtime-ubuntu22.04"
             "@sha256:8bbc6e304b193e84327fa30d93eea70ec0213b808239a46602a919a479a73b12",
 }
+#: A conda profile's locked packages and their explicit spec, in the context and inside the build.
+CONDA_EXPLICIT = "conda/explicit.txt"
+CONDA_BUILD_DIR = "/build/conda"
 #: uid of the non-root user the server runs as (a mounted key file must be readable by it).
 SERVE_UID = 10001
 #: Where the model is mounted (read-only) or baked inside the image.
@@ -63,7 +66,7 @@ class BuildPlan:
 
     @property
     def context_listing(self) -> list[str]:
-        names = set(self.files) | set(self.texts) | {"wheels/", "installer/", "model/"}
+        names = set(self.files) | set(self.texts) | {"wheels/", "installer/", "conda/", "model/"}
         return sorted(names)
 
     def context_bytes(self) -> int:
@@ -112,6 +115,7 @@ def image_tag(profile: str, set_name: str, lock_digest: str, baked_model: dict |
 def plan_build(profile, lock, cache, *, lock_digest: str, model: str | None = None, bake_model: bool = False,
                base: str | None = None) -> BuildPlan:
     """Everything `docker build` gets for ``profile`` (no Docker, no file read but the cache's listing)."""
+    from fm9g_deploy.artifacts.conda import explicit_spec, locked_packages
     from fm9g_deploy.artifacts.publish import requirements_text
 
     model = model or default_model(profile)
@@ -134,6 +138,14 @@ def plan_build(profile, lock, cache, *, lock_digest: str, model: str | None = No
         if not cache.has(installer.sha256, installer.filename):
             missing.append(installer.filename)
     texts = {"wheels/requirements.txt": requirements_text(lock, set_name, python_files)}
+    if profile.env.manager == "conda":
+        # The env from the locked conda packages and their explicit spec, as hosts make it: offline.
+        packages = locked_packages(profile, lock)
+        for package in packages:
+            files[f"conda/{package.filename}"] = cache.path_for(package.sha256, package.filename)
+            if not cache.has(package.sha256, package.filename):
+                missing.append(package.filename)
+        texts[CONDA_EXPLICIT] = explicit_spec(packages, CONDA_BUILD_DIR)
 
     baked, tarball = None, None
     if bake_model:

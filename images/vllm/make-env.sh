@@ -1,7 +1,7 @@
 #!/bin/bash
 # Build steps of the serving image, the same commands the fm9g_python_env role runs on a host:
-# a venv on the base's python3 (cpu) or a conda env from the Miniforge installer (the guide's
-# stack), then the lock's wheels, offline, with every file's hash required.
+# a venv on the base's python3 (cpu) or a conda env from the Miniforge installer and the locked
+# conda packages (the guide's stack), then the lock's wheels; offline, with every file's hash required.
 #   make-env.sh create        make the env at $ENV_PREFIX
 #   make-env.sh wheels        install /build/wheels/requirements.txt into it
 #   make-env.sh check-system  fail unless $SYSTEM_PACKAGES are installed in the base
@@ -26,15 +26,13 @@ create() {
             exit 1
         fi
         bash "$installer" -b -p "$CONDA_ROOT"
-        explicit=/build/installer/conda-explicit.txt
-        if [ -f "$explicit" ]; then
-            "$CONDA_ROOT/bin/conda" create --yes --quiet --prefix "$ENV_PREFIX" --offline --file "$explicit"
-        else
-            # Without an explicit spec conda resolves python from the channel: the one step of
-            # a conda build that needs the network (see the README).
-            "$CONDA_ROOT/bin/conda" create --yes --quiet --prefix "$ENV_PREFIX" \
-                --override-channels --channel "$CONDA_CHANNEL" "python=$ENV_PYTHON"
+        explicit=/build/conda/explicit.txt
+        if [ ! -f "$explicit" ]; then
+            # The image is made offline, as hosts are: never from a conda channel.
+            echo "no explicit conda spec in the build context (the lock's conda packages)" >&2
+            exit 1
         fi
+        "$CONDA_ROOT/bin/conda" create --yes --quiet --offline --prefix "$ENV_PREFIX" --file "$explicit"
         ;;
     *)
         echo "unknown ENV_MANAGER '$ENV_MANAGER' (venv or conda)" >&2

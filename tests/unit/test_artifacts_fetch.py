@@ -188,3 +188,25 @@ def test_cli_fetch_publishes_and_reports_each_failure_on_one_line(server, tmp_pa
     assert "Traceback" not in failed.stderr
     # The set is incomplete now: its old view is withdrawn rather than left to mislead hosts.
     assert not (tmp_path / "cache" / "published" / "cpu" / "requirements.txt").exists()
+
+
+def test_conda_packages_are_fetched_like_every_locked_file_and_checked_by_sha256(cache):
+    from fm9g_deploy.artifacts.fetch import plan
+
+    good_name, bad_name = "python-3.10.16-h0_cpython.conda", "pip-25.1.1-pyh0_0.conda"
+    server = FaultServer(blobs={good_name: BLOB, bad_name: BLOB}).start()
+    try:
+        good = LockedArtifact(name="python", version="3.10.16", filename=good_name, url=server.url("files", good_name),
+                              sha256=BLOB_SHA, size=len(BLOB), kind="conda")
+        bad = LockedArtifact(name="pip", version="25.1.1", filename=bad_name, url=server.url("files", bad_name),
+                             sha256="0" * 64, kind="conda")  # the lock says other bytes than the mirror serves
+        lock = _lock_for({}).model_copy(update={"artifacts": [good, bad]})
+        items, warnings, problems = plan(lock, cache)
+        assert [(i.filename, i.sha256) for i in items] == [(good_name, BLOB_SHA), (bad_name, "0" * 64)]
+        assert not warnings and not problems
+        report = fetch(items, cache, search=[], timeouts=FAST, retries=ONCE)
+    finally:
+        server.stop()
+    assert report.downloaded == [good_name] and cache.path_for(BLOB_SHA, good_name).read_bytes() == BLOB
+    assert len(report.failures) == 1 and report.failures[0].startswith(f"{bad_name}: sha256 mismatch")
+    assert not cache.has("0" * 64, bad_name)

@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from fm9g_deploy.artifacts.cache import Cache
-from fm9g_deploy.artifacts.lock import Lock, LockedArtifact, load_lock, lock_path, lock_text
+from fm9g_deploy.artifacts.lock import PYTHON_KINDS, Lock, LockedArtifact, load_lock, lock_path, lock_text
 from fm9g_deploy.artifacts.resolve import ResolvedFile, build_lock, prune_excluded
 from fm9g_deploy.artifacts.serve import make_server
 from fm9g_deploy.errors import UserError
@@ -44,7 +44,7 @@ def test_every_locked_wheel_fits_the_target(profile):
     supported = set(cpython_tags(version, abis=[lock.target.abi], platforms=lock.target.platforms))
     supported |= set(compatible_tags(version, interpreter=lock.target.abi, platforms=lock.target.platforms))
     for artifact in lock.artifacts:
-        if artifact.kind != "installer":
+        if artifact.kind in PYTHON_KINDS:
             name, version_, _, tags = parse_wheel_filename(artifact.filename)
             assert tags & supported, artifact.filename
             assert str(version_) == artifact.version or artifact.kind == "operator-wheel", artifact.filename
@@ -214,6 +214,33 @@ def test_lock_resolves_for_the_target_python_with_pins_exclusions_and_operator_s
     assert lock.stand_ins == {}
     assert "file:" not in lock_text(lock) and str(tmp_path) not in lock_text(lock)
     Lock.model_validate(json.loads(lock_text(lock)))  # what is written reads back
+
+
+def test_lock_of_a_conda_profile_holds_its_env_packages_in_conda_link_order(local_index, tmp_path, monkeypatch):
+    """conda (from the locked Miniforge, a stand-in here) lists the env's packages; they follow the
+    installer in the lock, in link order, apart from pip's sets, and fetch brings them in by sha256."""
+    from fm9g_deploy.artifacts.fetch import plan
+    from tests.unit.test_conda_lock import DRY_RUN, LINK_ORDER, fake_conda
+
+    installers, entry = fake_conda(tmp_path / "conda-stand-in", DRY_RUN)
+    monkeypatch.setenv("FM9G_TEST_CONDA", str(tmp_path / "conda-stand-in" / "conda"))
+    special = make_wheel(tmp_path / "from", "pinnedpkg", "2.0+special", payload="special build")
+    profile = Profile.model_validate(_profile(sha256_of(special)).model_dump() | {
+        "installers": [entry], "conda": {"channel": "conda-forge", "specs": ["python=3.10.16", "pip"]}})
+
+    lock = build_lock(profile, Cache(tmp_path / "cache"), search=[tmp_path / "from", installers],
+                      find_links=[local_index])
+
+    assert [a.kind for a in lock.artifacts[:5]] == ["installer"] + ["conda"] * 4
+    assert [a.name for a in lock.conda_packages()] == LINK_ORDER
+    assert {a.name for a in lock.python_files("base")} == {"app", "dep", "backport", "pinnedpkg", "extra-user",
+                                                           "speedup"}
+    assert Lock.model_validate(json.loads(lock_text(lock))).conda_packages() == lock.conda_packages()
+    items, _, _ = plan(lock, Cache(tmp_path / "cache"))
+    by_name = {item.filename: item for item in items}
+    for package in lock.conda_packages():
+        assert by_name[package.filename].sha256 == package.sha256
+        assert by_name[package.filename].urls == (package.url,)
 
 
 def test_lock_uses_the_stand_in_when_the_pinned_file_is_not_at_hand(local_index, tmp_path):

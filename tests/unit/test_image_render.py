@@ -41,7 +41,9 @@ def gpu_lock_with_registered_wheel() -> Lock:
     data["artifacts"].append({"name": "vllm", "version": "0.5.0.dev0+cu122", "filename": VLLM_WHEEL, "url": None,
                               "sha256": "ab" * 32, "size": 1, "kind": "operator-wheel", "sets": [FAMILY],
                               "family": FAMILY})
-    return Lock.model_validate(data)
+    from tests.unit.test_conda_lock import with_conda_packages
+
+    return with_conda_packages(Lock.model_validate(data))
 
 
 def dockerfile_args() -> dict[str, str | None]:
@@ -95,8 +97,22 @@ def test_gpu_build_context_is_complete(gpu_plan):
     assert f"installer/{installer.filename}" in listing
     assert re.fullmatch(r"Miniforge3-.*\.sh", installer.filename)
     assert "Miniforge3-*.sh" in (CONTEXT_SOURCE / "make-env.sh").read_text()
+    # the env's locked conda packages and their explicit spec: the build makes the env offline
+    packages = lock.conda_packages()
+    assert packages and {f"conda/{a.filename}" for a in packages} <= set(listing)
+    explicit = gpu_plan.texts["conda/explicit.txt"].splitlines()
+    assert explicit[explicit.index("@EXPLICIT") + 1:] == [f"file:///build/conda/{a.filename}" for a in packages]
+    make_env = (CONTEXT_SOURCE / "make-env.sh").read_text()
+    assert "--offline" in make_env and "/build/conda/explicit.txt" in make_env and "--channel" not in make_env
     # nothing is in this test's empty cache: the build would refuse and name every file
-    assert len(gpu_plan.missing) == len(files) + 1
+    assert len(gpu_plan.missing) == len(files) + 1 + len(packages)
+
+
+def test_gpu_image_without_locked_conda_packages_is_refused(tmp_path):
+    lock = gpu_lock_with_registered_wheel()
+    lock = lock.model_copy(update={"artifacts": [a for a in lock.artifacts if a.kind != "conda"]})
+    with pytest.raises(UserError, match=r"lock has no conda packages.*on a machine that reaches conda-forge"):
+        plan_build(load_profile("cuda121"), lock, Cache(tmp_path), lock_digest="c" * 64, model="fm9g-4b")
 
 
 def test_every_dockerfile_arg_is_given_and_every_given_arg_is_declared(gpu_plan):

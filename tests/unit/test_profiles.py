@@ -28,6 +28,34 @@ def test_cuda121_is_the_guides_stack():
     assert profile.abi == "cp310" and profile.marker_environment()["python_version"] == "3.10"
     assert profile.architecture_mapping == "native"  # the guide's vLLM fork knows FM9GForCausalLM
     assert profile.vllm_drain_flag is None
+    # The env's own conda packages are locked too, so hosts never reach conda-forge.
+    assert (profile.conda.channel, profile.conda.specs, profile.conda.platform) == (
+        "conda-forge", ["python=3.10.16", "pip"], "linux-64")
+    assert profile.conda.channel_url == "https://conda.anaconda.org/conda-forge"
+
+
+def test_only_conda_profiles_have_conda_packages():
+    assert load_profile("cpu").conda is None and load_profile("cuda130").conda is None
+    data = load_profile("cuda130").model_dump() | {"conda": {"channel": "conda-forge", "specs": ["python=3.12"]}}
+    with pytest.raises(ValueError, match="only a profile whose env.manager is conda has conda packages"):
+        Profile.model_validate(data)
+
+
+@pytest.mark.parametrize("conda, message", [
+    ({"channel": "conda-forge", "specs": ["python=3.10", "pip"]}, "conda.specs must pin python=3.10.16"),
+    ({"channel": "conda-forge", "specs": ["python=3.10.16"], "platform": "linux-aarch64"},
+     "conda.platform linux-aarch64 is not the hosts' \\(linux-64"),
+    ({"channel": "conda-forge", "specs": ["python=3.10.16", "--offline"]}, "specs"),
+    ({"channel": "conda-forge", "specs": ["python=3.10.16", "pip >=25"]}, "specs"),
+    ({"channel": "conda-forge", "specs": []}, "specs"),
+    ({"channel": "--insecure", "specs": ["python=3.10.16"]}, "channel"),
+    ({"channel": "conda-forge", "specs": ["python=3.10.16"], "md5": True}, "md5"),
+])
+def test_conda_section_validation(conda, message):
+    data = load_profile("cuda121").model_dump() | {"conda": conda}
+    Profile.model_validate(data | {"conda": {"channel": "conda-forge", "specs": ["python==3.10.16"]}})  # fine
+    with pytest.raises(ValueError, match=message):
+        Profile.model_validate(data)
 
 
 def test_cuda130_is_upstream_vllm_on_cuda13():

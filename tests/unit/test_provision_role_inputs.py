@@ -28,6 +28,7 @@ from fm9g_deploy.paths import PLAYBOOKS_DIR, ROLES_DIR
 from fm9g_deploy.profiles import load_profile
 from tests.unit.check_mode_mirror import MODEL, check_mode_cache
 from tests.unit.test_gpu import H100, SMI_FIXTURES
+from tests.unit.role_render import role_value
 from tests.unit.test_gpu_profile_render import lock_with_operator_wheel
 
 ROLES = ("fm9g_preflight", "fm9g_python_env", "fm9g_model")
@@ -153,3 +154,42 @@ def test_a_conda_env_without_the_miniforge_installer_is_refused_before_anything_
     assert run.returncode != 0
     assert "a conda env needs fm9g_python_env_conda_installer_url" in run.stdout, run.stdout[-3000:]
     assert "Download the Miniforge installer" not in run.stdout
+
+
+def test_a_conda_env_without_the_locked_conda_packages_is_refused_before_anything_is_fetched(passed, tmp_path):
+    values = {**passed["cuda121"], "fm9g_python_env_conda_packages": []}
+    run = _playbook(PLAYBOOKS_DIR / "provision.yml", values, tmp_path, "--tags", "env")
+    assert run.returncode != 0
+    assert "a conda env needs fm9g_python_env_conda_packages" in run.stdout, run.stdout[-3000:]
+    assert "Download the Miniforge installer" not in run.stdout
+
+
+def test_the_conda_env_is_created_offline_from_an_explicit_spec_of_the_packages_in_lock_order(passed):
+    values = {key: value for key, value in passed["cuda121"].items() if key.startswith("fm9g_python_env_")}
+    packages = values["fm9g_python_env_conda_packages"]
+    assert len(packages) > 1
+    create = role_value("{{ _fm9g_python_env_conda_create_argv }}", "fm9g_python_env", **values)
+    spec_path = f"{layout.CONDA_ROOT}/fm9g-pkgs/fm-9g.explicit.txt"
+    assert create == [f"{layout.CONDA_ROOT}/bin/conda", "create", "--yes", "--quiet", "--offline",
+                      "--prefix", layout.env_prefix("fm-9g"), "--file", spec_path]
+    assert role_value("{{ _fm9g_python_env_conda_explicit }}", "fm9g_python_env", **values) == spec_path
+    spec = role_value("{{ _fm9g_python_env_conda_explicit_text }}", "fm9g_python_env", **values)
+    lines = [line for line in spec.splitlines() if not line.startswith("#")]
+    assert lines == ["@EXPLICIT"] + [f"file://{layout.CONDA_ROOT}/fm9g-pkgs/{p['filename']}" for p in packages]
+    assert spec.endswith("\n")
+
+
+def test_the_conda_packages_are_downloaded_with_their_sha256_into_the_spec_folder():
+    tasks = yaml.safe_load((ROLES_DIR / "fm9g_python_env" / "tasks" / "conda.yml").read_text())
+    download = next(task for task in tasks if task["name"] == "Download the locked conda packages from the mirror")
+    assert download["loop"] == "{{ fm9g_python_env_conda_packages }}"
+    assert download["ansible.builtin.get_url"] == {
+        "url": "{{ item.url }}", "dest": "{{ _fm9g_python_env_conda_pkgs_dir }}/{{ item.filename }}",
+        "checksum": "sha256:{{ item.sha256 }}", "mode": "0644"}
+    names = [task["name"] for task in tasks]
+    assert names.index("Check the locked conda packages are given") < names.index(
+        "Download the Miniforge installer from the mirror") < names.index(download["name"]) < names.index(
+        "Write the explicit spec of the locked conda packages (in the order conda links them)") < \
+        next(i for i, name in enumerate(names) if name.startswith("Create the conda env"))
+    create = next(task for task in tasks if task["name"].startswith("Create the conda env"))
+    assert create["ansible.builtin.command"]["creates"] == "{{ fm9g_python_env_prefix }}/bin/python"
