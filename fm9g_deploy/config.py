@@ -109,6 +109,9 @@ class ServingConfig(_Strict):
     #: crashes within crash_window_s it is marked failed with the reason instead.
     crash_limit: Annotated[int, Field(ge=1, le=100)] = 5
     crash_window_s: Annotated[int, Field(ge=10, le=86400)] = 600
+    #: false: every replica on a GPU runs with vLLM's, NCCL's, torch's and NVSHMEM's NVLink multicast
+    #: (and symmetric-memory all-reduce) paths off, for hosts whose operators must keep it off.
+    nvlink_multicast: bool = True
 
     @field_validator("api_key")
     @classmethod

@@ -142,6 +142,9 @@ class Profile(_Strict):
     #: (`--shutdown-timeout`, vLLM 0.18 and later); unset where the build has none (the 0.5 fork
     #: aborts in-flight work on SIGTERM, so the gateway's drain is all there is).
     vllm_drain_flag: str | None = Field(None, pattern=r"^--[a-z0-9-]+$")
+    #: vLLM arguments that turn off its paths that would use NVLink multicast, added to every
+    #: replica when the config says `serving.nvlink_multicast: false` (see replica_spec.py).
+    vllm_multicast_off_args: list[str] = Field(default_factory=list)
     #: Run a tiny forward pass of the engine on each host in the planned dtype before serving, and
     #: fall back to float32 when it faults (CPU builds: bf16 kernels die with SIGILL on some CPUs).
     engine_probe: bool = False

@@ -22,6 +22,18 @@ DTYPE_VARIABLE = "FM9G_DTYPE"
 #: vLLM binds its internal sockets (torch.distributed store, gloo and NCCL bootstrap) to the host's
 #: outward address by default; a replica never spans hosts, so they stay on loopback.
 LOOPBACK_ENVIRONMENT = {"VLLM_HOST_IP": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo", "NCCL_SOCKET_IFNAME": "lo"}
+#: `serving.nvlink_multicast: false`: NCCL's NVLS, torch's and NVSHMEM's multicast, and vLLM's
+#: all-reduce paths that use symmetric memory or multicast (torch symm-mem all-reduce, on by default
+#: in vLLM 0.25; NCCL symm-mem; FlashInfer all-reduce, pinned to its non-multicast trtllm backend).
+MULTICAST_OFF_ENVIRONMENT = {
+    "NCCL_NVLS_ENABLE": "0",
+    "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
+    "NVSHMEM_DISABLE_NVLS": "1",
+    "VLLM_ALLREDUCE_USE_SYMM_MEM": "0",
+    "VLLM_USE_NCCL_SYMM_MEM": "0",
+    "VLLM_ALLREDUCE_USE_FLASHINFER": "0",
+    "VLLM_FLASHINFER_ALLREDUCE_BACKEND": "trtllm",
+}
 BASE_ENVIRONMENT = {"HOME": layout.STATE_DIR, "PYTHONUNBUFFERED": "1", "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
 #: The supervisor stops vLLM this long after the drain ends; systemd and Docker wait longer still,
 #: so neither ever cuts a drain short.
@@ -106,13 +118,21 @@ def serve_settings(config, profile) -> dict:
         "drain_timeout_s": config.serving.drain_timeout_s,
         "crash_limit": config.serving.crash_limit,
         "crash_window_s": config.serving.crash_window_s,
+        "nvlink_multicast": config.serving.nvlink_multicast,
+        "multicast_off_args": list(profile.vllm_multicast_off_args),
     }
+
+
+def multicast_off(settings: dict) -> bool:
+    """Whether replicas run with every NVLink multicast path off (GPU profiles only)."""
+    return settings["accelerator"] == "cuda" and not settings.get("nvlink_multicast", True)
 
 
 def engine_args(settings: dict) -> list[str]:
     """The profile's own vLLM arguments, with its drain flag set to the deployment's drain."""
     drain = [settings["drain_flag"], str(settings["drain_timeout_s"])] if settings["drain_flag"] else []
-    return list(settings["vllm_args"]) + drain
+    multicast = list(settings.get("multicast_off_args") or []) if multicast_off(settings) else []
+    return list(settings["vllm_args"]) + drain + multicast
 
 
 def build_replica_spec(settings: dict, replica: dict, *, extra_env: dict[str, str] | None = None) -> ReplicaSpec:
@@ -137,6 +157,8 @@ def build_replica_spec(settings: dict, replica: dict, *, extra_env: dict[str, st
             environment["CUDA_VISIBLE_DEVICES"] = ",".join(str(gpu) for gpu in gpus)
     else:
         environment["VLLM_CPU_KVCACHE_SPACE"] = str(settings["cpu_kvcache_space_gib"])
+    if multicast_off(settings):
+        environment.update(MULTICAST_OFF_ENVIRONMENT)
     environment.update({name: str(value) for name, value in (extra_env or {}).items()})
 
     state_file = layout.supervisor_state_file(settings["serve_mode"], index)

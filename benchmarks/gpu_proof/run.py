@@ -54,11 +54,12 @@ PROFILE = "cuda130"
 REHEARSAL = {"model": "tiny-random", "profile": "cpu"}
 #: State that the warm step reads back (the rendered launch, the key of this throwaway server).
 STATE = Path("/var/lib/fm9g/gpu-proof.json")
-#: vLLM 0.25 here: flashinfer is not carried (its sampler is vLLM's default on CUDA). The three
-#: NVLink multicast switches are the serve role's documented option for multi-GPU hosts; one GPU
-#: needs none, they are set to show the option reaches the process.
-EXTRA_ENV = {"VLLM_USE_FLASHINFER_SAMPLER": "0", "NCCL_NVLS_ENABLE": "0",
-             "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
+#: vLLM 0.25 here: flashinfer is not carried (its sampler is vLLM's default on CUDA).
+EXTRA_ENV = {"VLLM_USE_FLASHINFER_SAMPLER": "0"}
+#: The device's machines must keep NVLink multicast off: the config's documented option puts every
+#: switch (NCCL, torch, NVSHMEM, vLLM's all-reduce paths) into each replica. One GPU needs none; it
+#: is set there too, to show the option reaches the process.
+SERVING = {"nvlink_multicast": False}
 READY_TIMEOUT_S = 420
 #: The dtype of the numerical proof's vLLM runs.
 DTYPE = "bfloat16"
@@ -90,7 +91,7 @@ def plan_and_render(results: Results):
     from fm9g_deploy.replica_spec import plan_specs, serve_settings
 
     facts = gpu_facts()
-    config = parse_config(f"profile: {PROFILE}\nmodel: {{name: {MODEL}}}\n")
+    config = parse_config(f"profile: {PROFILE}\nmodel: {{name: {MODEL}}}\nserving: {json.dumps(SERVING)}\n")
     plan = plan_deployment(config, {"gpu-host": facts})
     if not plan.to_dict()["hosts"]["gpu-host"]["memory_per_gpu"]:
         results.record("plan", {"gpu_facts": facts.to_dict(), "note": "no GPU: a CPU plan"})
@@ -126,7 +127,8 @@ def dry_run(gpus: str, model: str, serving: dict | None = None) -> dict:
     from fm9g_deploy.profiles import load_profile
     from fm9g_deploy.replica_spec import plan_specs, serve_settings
 
-    config = parse_config(yaml.safe_dump({"profile": PROFILE, "model": {"name": model}, "serving": serving or {}}))
+    config = parse_config(yaml.safe_dump({"profile": PROFILE, "model": {"name": model},
+                                          "serving": {**SERVING, **(serving or {})}}))
     plan = plan_deployment(config, {"gpu-host": hypothetical_host(gpus)}, check_driver=False)
     replicas = []
     for replica_spec in plan_specs(serve_settings(config, load_profile(PROFILE)), plan, extra_env=EXTRA_ENV)["gpu-host"]:
