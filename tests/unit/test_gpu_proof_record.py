@@ -69,3 +69,22 @@ def test_the_numerical_proof_ran_on_the_checkpoints_this_code_builds(tmp_path):
     for label, name in (("tiny-random", "tiny-random"), ("tiny-random-mha", "tiny-random-mha")):
         built = write_tiny_tarball(tmp_path / label, name=name)
         assert RECORD["numerics_runs"][label]["checkpoint_sha256"] == built.sha256, label
+
+
+# The same serve step again with `serving.nvlink_multicast: false` (what the multi-GPU machines
+# require), recorded in results-h200-multicast-off.json: vLLM 0.25 takes the switches and serves.
+MULTICAST_OFF = json.loads((PROJECT_ROOT / "benchmarks/gpu_proof/results-h200-multicast-off.json").read_text("utf-8"))
+
+
+def test_with_multicast_off_the_replica_carried_every_switch_and_served():
+    from fm9g_deploy.replica_spec import MULTICAST_OFF_ENVIRONMENT
+
+    argv = MULTICAST_OFF["rendered_command"]["argv"]
+    assert json.loads(argv[argv.index("--compilation-config") + 1]) == {"pass_config": {"fuse_allreduce_rms": False}}
+    assert set(MULTICAST_OFF_ENVIRONMENT) <= set(MULTICAST_OFF["rendered_command"]["environment"])
+    assert MULTICAST_OFF["ready_cold_s"] > 0
+    assert MULTICAST_OFF["api_key"] == {"no_key": 401, "wrong_key": 401, "right_key": 200}
+    assert MULTICAST_OFF["verify_gpu"]["exitstatus"] == 0
+    runs = MULTICAST_OFF["bench"]["runs"]
+    assert all(run["failed"] == 0 and run["output_throughput"] > 0 for tool in runs.values() for run in tool)
+    assert abs(MULTICAST_OFF["memory"]["relative_error"]["kv_cache_gib"]) <= 0.05
