@@ -107,6 +107,40 @@ class ModelSpec(BaseModel):
     def kv_cache_bytes_per_token_per_gpu(self, tensor_parallel_size: int, dtype: str | None = None) -> int:
         return 2 * self.num_layers * self.kv_heads_per_gpu(tensor_parallel_size) * self.head_dim * self.dtype_bytes(dtype)
 
+    # -- per-GPU shares of the heaviest stage under pipeline parallelism ------------------------
+
+    def stage_layers(self, pipeline_parallel_size: int) -> int:
+        """Layers of the largest pipeline stage (vLLM splits them as evenly as it can)."""
+        return -(-self.num_layers // pipeline_parallel_size)
+
+    def embedding_bytes_per_gpu(self, tensor_parallel_size: int, dtype: str | None = None) -> int:
+        """One vocab x hidden matrix (the embedding, or the lm_head), sharded by vocab over TP."""
+        return math.ceil(self.vocab_size * self.hidden_size / tensor_parallel_size) * self.dtype_bytes(dtype)
+
+    def stage_weight_bytes_per_gpu(self, tensor_parallel_size: int, pipeline_parallel_size: int,
+                                   dtype: str | None = None) -> int:
+        """Weights one GPU of the heaviest pipeline stage holds. PP 1: weight_bytes_per_gpu. Beyond:
+        the stage's layers (sharded as there) and one vocab x hidden matrix, since the first stage
+        holds the embedding and the last the lm_head (a tied one too); both are the same size."""
+        tp, pp = tensor_parallel_size, pipeline_parallel_size
+        if pp == 1:
+            return self.weight_bytes_per_gpu(tp, dtype)
+        layers = self.stage_layers(pp)
+        per_layer = (2 * self.hidden_size * self.num_attention_heads * self.head_dim
+                     + 2 * self.hidden_size * self.num_kv_heads * self.head_dim
+                     + 3 * self.hidden_size * self.intermediate_size)
+        kv_head_projections = layers * 2 * self.hidden_size * self.head_dim
+        replicated_kv = kv_head_projections * (self.kv_heads_per_gpu(tp) - self.num_kv_heads / tp)
+        norms = (2 * layers + 1) * self.hidden_size  # the last stage's final norm counted on every one
+        parameters = math.ceil((layers * per_layer + self.vocab_size * self.hidden_size) / tp + replicated_kv) + norms
+        return parameters * self.dtype_bytes(dtype)
+
+    def stage_kv_cache_bytes_per_token_per_gpu(self, tensor_parallel_size: int, pipeline_parallel_size: int,
+                                               dtype: str | None = None) -> int:
+        """KV cache per token on one GPU of the heaviest stage: only its own layers' K and V."""
+        share = self.stage_layers(pipeline_parallel_size)
+        return 2 * share * self.kv_heads_per_gpu(tensor_parallel_size) * self.head_dim * self.dtype_bytes(dtype)
+
     def tensor_parallel_sizes(self, limit: int = 64) -> list[int]:
         """TP sizes vLLM can shard this model over: they divide the attention heads and the MLP
         width, and the KV heads divide TP or TP divides them."""

@@ -14,6 +14,19 @@ Hosts without a GPU get the CPU plan: TP 1, no GPUs, `replicas_per_host` replica
 A GPU nvidia-smi gives no memory size for is left out (a note says so); a host with mixed GPU
 models is planned for its smallest GPU (a note names each model); a host with a GPU in MIG mode is
 refused (see _mig_problem).
+
+One replica over several hosts: when no host of the fleet holds the model alone (not even with a
+shortened context) and the profile says how its vLLM spans hosts (Profile.multi_host), the plan is
+ONE replica over the fewest hosts with identical GPUs (count, model and memory; inventory order)
+that hold it, in DeploymentPlan.multi_host_replicas; those hosts get no replica of their own.
+
+  "pipeline": TP over the GPUs of each host, PP = the number of hosts (one stage per host). Each
+              GPU holds its stage's share: ceil(layers / PP) layers / TP, plus one vocab x hidden
+              matrix / TP (the first stage holds the embedding, the last the lm_head; the planner
+              counts the heaviest stage), and the KV cache of those layers only.
+  "tensor":   TP over every GPU of the hosts, PP 1: the single-host formula at that TP.
+
+Without multi_host the model is refused as before, the message saying which profiles can span.
 """
 
 from __future__ import annotations
@@ -141,15 +154,67 @@ class HostPlan:
 
 
 @dataclass
+class MultiHostReplicaPlan:
+    """One vLLM server over several hosts (a Ray cluster): the head (hosts[0]) serves the API on
+    ``port``; every host gives it ``gpus_per_host`` GPUs."""
+
+    hosts: list[str]
+    #: The profile's multi_host: "pipeline" (PP across hosts) or "tensor" (TP across hosts).
+    parallelism: str
+    tensor_parallel_size: int
+    pipeline_parallel_size: int
+    gpus_per_host: int
+    #: Each host's GPUs in the replica (nvidia-smi indices).
+    gpus: dict[str, list[int]]
+    gpu_memory_utilization: float
+    max_model_len: int
+    port: int
+    memory_per_gpu: GpuMemoryPlan
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "hosts": list(self.hosts),
+            "head": self.hosts[0],
+            "parallelism": self.parallelism,
+            "tensor_parallel_size": self.tensor_parallel_size,
+            "pipeline_parallel_size": self.pipeline_parallel_size,
+            "gpus_per_host": self.gpus_per_host,
+            "gpus": {host: list(gpus) for host, gpus in self.gpus.items()},
+            "gpu_memory_utilization": self.gpu_memory_utilization,
+            "max_model_len": self.max_model_len,
+            "port": self.port,
+            "memory_per_gpu": self.memory_per_gpu.to_dict(),
+            "notes": list(self.notes),
+        }
+
+
+@dataclass
 class DeploymentPlan:
     model: str
     profile: str
     hosts: dict[str, HostPlan]
+    #: Replicas that span hosts (their hosts' own replica lists are empty); at most one today.
+    multi_host_replicas: list[MultiHostReplicaPlan] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "profile": self.profile,
-                "hosts": {name: plan.to_dict() for name, plan in self.hosts.items()}}
+                "hosts": {name: plan.to_dict() for name, plan in self.hosts.items()},
+                "multi_host_replicas": [replica.to_dict() for replica in self.multi_host_replicas]}
 
+
+def refuse_multi_host(plan: DeploymentPlan, command: str) -> None:
+    """UserError where the plan has a replica over several hosts: ``command`` (deploy, verify)
+    serves and checks replicas of one host only."""
+    if not plan.multi_host_replicas:
+        return
+    replica = plan.multi_host_replicas[0]
+    raise UserError(
+        f"{command}: the plan spans hosts: one {plan.model} replica over {', '.join(replica.hosts)} "
+        f"(TP {replica.tensor_parallel_size} x PP {replica.pipeline_parallel_size}); serving one replica across "
+        "hosts (a Ray cluster) is not built yet; use hosts that each fit the model, or run `fm9g-deploy plan` "
+        "to see the layout"
+    )
 
 
 # -- entry points -----------------------------------------------------------------------------
@@ -159,17 +224,43 @@ def plan_deployment(
 ) -> DeploymentPlan:
     """Plan every host in ``facts``; UserError for the first host that cannot work.
 
-    ``check_driver=False`` skips the driver's CUDA check (hypothetical hosts have no driver).
+    A host too small for one replica is not an error at once: where no host holds the model and
+    the profile spans hosts, one replica over several of them is planned (_plan_multi_host).
+    ``facts`` is in inventory order (the order hosts are taken for a replica over several); the
+    plan lists hosts by name. ``check_driver=False`` skips the driver's CUDA check (hypothetical
+    hosts have no driver).
     """
     if not facts:
         raise UserError("no hosts to plan; check the inventory (and --limit)")
     model = get_model(config.model.name)
     profile = load_profile(config.profile)
-    hosts = {
-        host: plan_host(host, host_facts, model, profile, config.serving, check_driver=check_driver)
-        for host, host_facts in sorted(facts.items())
-    }
-    return DeploymentPlan(model=model.name, profile=profile.name, hosts=hosts)
+    hosts: dict[str, HostPlan] = {}
+    too_small: dict[str, _HostTooSmall] = {}
+    for host, host_facts in sorted(facts.items()):
+        try:
+            hosts[host] = plan_host(host, host_facts, model, profile, config.serving, check_driver=check_driver)
+        except _HostTooSmall as exc:
+            too_small[host] = exc
+    multi_host: list[MultiHostReplicaPlan] = []
+    if too_small:
+        first = too_small[min(too_small)]
+        if not profile.multi_host:
+            raise UserError(f"{first}; {_no_multi_host_hint(profile)}")
+        if hosts:
+            raise UserError(f"{first}; one replica spans hosts only where no host holds {model.name} alone "
+                            f"(host {min(hosts)} does): leave host {first.shape.host} out, or give it more GPUs")
+        order = [host for host in facts if host in too_small]
+        replica, host_plans = _plan_multi_host(model, profile, config.serving, [too_small[h] for h in order])
+        hosts.update(host_plans)
+        multi_host.append(replica)
+    return DeploymentPlan(model=model.name, profile=profile.name, hosts=dict(sorted(hosts.items())),
+                          multi_host_replicas=multi_host)
+
+
+def _no_multi_host_hint(profile: Profile) -> str:
+    spanning = [name for name in profile_names() if load_profile(name).multi_host]
+    can = (f" (profile {' or '.join(spanning)} can run one replica over several hosts)" if spanning else "")
+    return f"profile {profile.name} cannot span hosts{can}"
 
 
 def plan_host(
@@ -244,22 +335,24 @@ class _Sizing:
     def budget(self) -> int:
         return int(self.gpu_total * self.utilization)
 
-    def memory(self, tp: int, max_model_len: int) -> GpuMemoryPlan:
+    def memory(self, tp: int, max_model_len: int, pp: int = 1) -> GpuMemoryPlan:
+        """One GPU's memory at TP ``tp`` (and PP ``pp``: a GPU of the heaviest stage)."""
         return GpuMemoryPlan(
             total=self.gpu_total,
             budget=self.budget,
-            weights=self.model.weight_bytes_per_gpu(tp),
-            kv_cache_one_sequence=self.model.kv_cache_bytes_per_token_per_gpu(tp) * max_model_len,
+            weights=self.model.stage_weight_bytes_per_gpu(tp, pp),
+            kv_cache_one_sequence=self.model.stage_kv_cache_bytes_per_token_per_gpu(tp, pp) * max_model_len,
             reserve=RUNTIME_RESERVE_BYTES,
         )
 
-    def fits(self, tp: int, max_model_len: int) -> bool:
-        return self.memory(tp, max_model_len).headroom >= 0
+    def fits(self, tp: int, max_model_len: int, pp: int = 1) -> bool:
+        return self.memory(tp, max_model_len, pp).headroom >= 0
 
-    def longest_len(self, tp: int, cap: int) -> int:
-        """The longest power-of-two max_model_len (at most ``cap``) that fits at ``tp``; 0 if none."""
-        room = self.budget - self.model.weight_bytes_per_gpu(tp) - RUNTIME_RESERVE_BYTES
-        tokens = room // self.model.kv_cache_bytes_per_token_per_gpu(tp)
+    def longest_len(self, tp: int, cap: int, pp: int = 1) -> int:
+        """The longest power-of-two max_model_len (at most ``cap``) that fits at ``tp`` (and
+        ``pp``); 0 if none."""
+        room = self.budget - self.model.stage_weight_bytes_per_gpu(tp, pp) - RUNTIME_RESERVE_BYTES
+        tokens = room // self.model.stage_kv_cache_bytes_per_token_per_gpu(tp, pp)
         if tokens >= cap:
             return cap
         return 1 << (int(tokens).bit_length() - 1) if tokens >= 1 else 0
@@ -288,7 +381,46 @@ def _gpu_models(gpus: list[GpuInfo]) -> list[dict[str, Any]]:
             for name, same in models.items()]
 
 
-def _plan_gpu_host(host: str, facts: HostGpuFacts, model: ModelSpec, serving: ServingConfig) -> HostPlan:
+@dataclass
+class _HostShape:
+    """One GPU host as the planner sizes it: its usable GPUs, their smallest memory, its notes."""
+
+    host: str
+    listed: list[GpuInfo]  # every GPU nvidia-smi lists
+    gpus: list[GpuInfo]  # the usable ones, by index
+    smallest: int  # MiB
+    label: str
+    models: list[dict[str, Any]]
+    utilization: float
+    sizing: _Sizing
+    wanted_len: int
+    where: str  # "host h (4 x 80 GiB A100-80GB)", for messages
+    cuda_driver_version: str | None
+    notes: list[str]
+
+    @property
+    def count(self) -> int:
+        return len(self.gpus)
+
+    @property
+    def kind(self) -> tuple[str, int, int]:
+        """Hosts of one kind can share a replica: same GPU model, usable count and memory."""
+        return (self.label, self.count, self.smallest)
+
+    @property
+    def description(self) -> str:
+        return f"{self.count} x {_gib(self.smallest)} {self.label}"
+
+
+class _HostTooSmall(UserError):
+    """One replica of the model needs more GPUs of this size than the host has (or no TP fits)."""
+
+    def __init__(self, message: str, shape: _HostShape) -> None:
+        super().__init__(message)
+        self.shape = shape
+
+
+def _host_shape(host: str, facts: HostGpuFacts, model: ModelSpec, serving: ServingConfig) -> _HostShape:
     listed = sorted(facts.gpus, key=lambda gpu: gpu.index)
     notes: list[str] = []
     unusable = {gpu.index: _unusable(gpu) for gpu in listed if _unusable(gpu)}
@@ -318,6 +450,26 @@ def _plan_gpu_host(host: str, facts: HostGpuFacts, model: ModelSpec, serving: Se
     wanted_len = _wanted_max_model_len(model, serving, notes)
     usable = f", {len(unusable)} more unusable" if unusable else ""
     where = f"host {host} ({count} x {_gib(smallest)} {label}{usable})"  # e.g. "(4 x 80 GiB A100-80GB)"
+    return _HostShape(host=host, listed=listed, gpus=gpus, smallest=smallest, label=label, models=models,
+                      utilization=utilization, sizing=sizing, wanted_len=wanted_len, where=where,
+                      cuda_driver_version=facts.cuda_driver_version, notes=notes)
+
+
+def _too_small(shape: _HostShape, serving: ServingConfig) -> bool:
+    """Whether more GPUs of this size (more hosts) are what one replica lacks, rather than a
+    setting: _does_not_fit's last two cases."""
+    needed = shape.sizing.gpus_needed(shape.wanted_len)
+    return needed is None or needed > shape.count
+
+
+def _plan_gpu_host(host: str, facts: HostGpuFacts, model: ModelSpec, serving: ServingConfig) -> HostPlan:
+    shape = _host_shape(host, facts, model, serving)
+    gpus, notes, sizing, count = shape.gpus, list(shape.notes), shape.sizing, shape.count
+    wanted_len, where, utilization = shape.wanted_len, shape.where, shape.utilization
+
+    def refuse(tried_tp: int) -> UserError:
+        message = _does_not_fit(model, sizing, serving, count, wanted_len, where, tried_tp)
+        return _HostTooSmall(message, shape) if _too_small(shape, serving) else UserError(message)
 
     candidates = _tp_candidates(model, serving, count, where)
     fitting = [tp for tp in candidates if sizing.fits(tp, wanted_len)]
@@ -328,14 +480,13 @@ def _plan_gpu_host(host: str, facts: HostGpuFacts, model: ModelSpec, serving: Se
         tp = max(candidates)
         max_model_len = sizing.longest_len(tp, wanted_len)
         if max_model_len < min(MIN_REDUCED_MAX_MODEL_LEN, wanted_len):
-            raise UserError(_does_not_fit(model, sizing, serving, count, wanted_len, where, tp))
+            raise refuse(tp)
         notes.append(
             f"max_model_len reduced from {wanted_len} to {max_model_len} so one full-length sequence's "
             f"KV cache fits; {_gpus_for_full_context(sizing, wanted_len)}"
         )
     else:
-        tried_tp = max(candidates) if candidates else 1
-        raise UserError(_does_not_fit(model, sizing, serving, count, wanted_len, where, tried_tp))
+        raise refuse(max(candidates) if candidates else 1)
 
     replica_count = serving.replicas_per_host or count // tp
     _check_ports(serving, replica_count, host)
@@ -354,12 +505,7 @@ def _plan_gpu_host(host: str, facts: HostGpuFacts, model: ModelSpec, serving: Se
     if idle:
         notes.append(f"GPU(s) {', '.join(map(str, idle))} unused ({count} GPUs, {replica_count} replica(s) of TP {tp})")
     notes.extend(_busy_gpu_notes(gpus, utilization))
-    return HostPlan(
-        host=host, accelerator="cuda", tensor_parallel_size=tp, replicas=replicas,
-        gpu_count=len(listed), gpu_name=label, gpu_models=models, gpu_memory_mib=smallest,
-        cuda_driver_version=facts.cuda_driver_version,
-        memory_per_gpu=sizing.memory(tp, max_model_len), notes=notes,
-    )
+    return _gpu_host_plan(shape, tp, replicas, sizing.memory(tp, max_model_len), notes)
 
 
 def _tp_candidates(model: ModelSpec, serving: ServingConfig, count: int, where: str) -> list[int]:
@@ -446,6 +592,214 @@ def _busy_gpu_notes(gpus: list[GpuInfo], utilization: float) -> list[str]:
             notes.append(f"GPU {gpu.index} has {gpu.memory_used_mib} MiB in use now; a replica needs "
                          f"{utilization:g} of its memory free when it starts")
     return notes
+
+
+# -- one replica over several hosts -----------------------------------------------------------------
+
+def _span_layout(model: ModelSpec, mode: str, serving: ServingConfig, shape: _HostShape,
+                 hosts: int) -> tuple[int, int, int] | None:
+    """(TP, PP, GPUs per host) of one replica over ``hosts`` hosts like ``shape``; None where the
+    model cannot be split so. serving.tensor_parallel_size, when set, is the TP within each host."""
+    per_host = serving.tensor_parallel_size or shape.count
+    if mode == "pipeline":
+        if hosts > model.num_layers:  # a stage needs a layer at least
+            return None
+        tp = serving.tensor_parallel_size or max(model.tensor_parallel_sizes(per_host))
+        return tp, hosts, tp
+    valid = set(model.tensor_parallel_sizes(per_host * hosts))
+    for gpus in [per_host] if serving.tensor_parallel_size else range(per_host, 0, -1):
+        if gpus * hosts in valid:
+            return gpus * hosts, 1, gpus
+    return None
+
+
+def _most_hosts(model: ModelSpec, mode: str) -> int:
+    """Beyond this many hosts no layout splits the model further (a layer per stage, or a TP that
+    divides the attention heads)."""
+    return model.num_layers if mode == "pipeline" else model.num_attention_heads
+
+
+def _hosts_needed(model: ModelSpec, mode: str, serving: ServingConfig, shape: _HostShape, max_model_len: int,
+                  limit: int) -> int | None:
+    """The fewest hosts like ``shape`` (2 to ``limit``) one replica of ``max_model_len`` fits on, or None."""
+    for hosts in range(2, limit + 1):
+        layout = _span_layout(model, mode, serving, shape, hosts)
+        if layout and shape.sizing.fits(layout[0], max_model_len, layout[1]):
+            return hosts
+    return None
+
+
+def _widest_span(model: ModelSpec, mode: str, serving: ServingConfig, shape: _HostShape, limit: int) -> int | None:
+    """The most hosts (2 to ``limit``) one replica can be laid out over, or None."""
+    return next((hosts for hosts in range(limit, 1, -1) if _span_layout(model, mode, serving, shape, hosts)), None)
+
+
+def _more_hosts_text(model: ModelSpec, mode: str, serving: ServingConfig, shape: _HostShape) -> str:
+    """How many hosts like ``shape`` one replica would need, if any number would."""
+    limit = _most_hosts(model, mode)
+    needed = _hosts_needed(model, mode, serving, shape, shape.wanted_len, limit)
+    if needed is None:
+        bound = (f"PP cannot exceed its {model.num_layers} layers" if mode == "pipeline"
+                 else f"TP must divide its {model.num_attention_heads} attention heads")
+        return f"no number of such hosts would ({bound}); use GPUs with more memory"
+    short_len = min(MIN_REDUCED_MAX_MODEL_LEN, shape.wanted_len)
+    shorter = ""
+    if serving.max_model_len is None:
+        needed_short = _hosts_needed(model, mode, serving, shape, short_len, needed)
+        if needed_short is not None and needed_short < needed:
+            shorter = f" ({needed_short} with max_model_len {short_len})"
+    return f"{needed} such hosts would hold it{shorter}"
+
+
+def _plan_multi_host(model: ModelSpec, profile: Profile, serving: ServingConfig,
+                     refused: list[_HostTooSmall]) -> tuple[MultiHostReplicaPlan, dict[str, HostPlan]]:
+    """One replica over the fewest hosts of one kind that hold it (``refused``: every host, each too
+    small alone, in inventory order), and every host's plan; UserError where the fleet cannot."""
+    mode = profile.multi_host
+    shapes = [exc.shape for exc in refused]
+    if len(shapes) == 1:  # nothing to span: the host's own refusal, and what spanning would take
+        raise UserError(_fleet_does_not_fit(model, profile, serving, refused, [shapes]))
+    if serving.replicas_per_host not in (None, 1):
+        raise UserError(f"serving.replicas_per_host {serving.replicas_per_host}: {model.name} needs more GPUs than "
+                        "any host has, so its one replica spans hosts; remove replicas_per_host")
+    kinds: dict[tuple[str, int, int], list[_HostShape]] = {}
+    for shape in shapes:
+        kinds.setdefault(shape.kind, []).append(shape)
+    groups = list(kinds.values())
+    wanted_len = shapes[0].wanted_len
+    # The full context on the fewest hosts; else, with no max_model_len set, the longest context
+    # over the most hosts of a kind (not below MIN_REDUCED_MAX_MODEL_LEN), as on one host.
+    best: tuple[list[_HostShape], int, int] | None = None
+    for group in groups:
+        hosts = _hosts_needed(model, mode, serving, group[0], wanted_len, len(group))
+        if hosts is not None and (best is None or hosts < best[1]):
+            best = (group, hosts, wanted_len)
+    if best is None and serving.max_model_len is None:
+        for group in groups:
+            hosts = _widest_span(model, mode, serving, group[0], len(group))
+            if hosts is None:
+                continue
+            tp, pp, _ = _span_layout(model, mode, serving, group[0], hosts)
+            length = group[0].sizing.longest_len(tp, wanted_len, pp)
+            if length >= min(MIN_REDUCED_MAX_MODEL_LEN, wanted_len) and (best is None or length > best[2]):
+                best = (group, hosts, length)
+    if best is None:
+        raise UserError(_fleet_does_not_fit(model, profile, serving, refused, groups))
+
+    group, count, max_model_len = best
+    spanned = group[:count]
+    head = spanned[0]
+    names = [shape.host for shape in spanned]
+    tp, pp, per_host = _span_layout(model, mode, serving, head, count)
+    sizing = head.sizing
+    memory = sizing.memory(tp, max_model_len, pp)
+    port = serving.replica_base_port
+    _check_ports(serving, 1, head.host)
+    size = _gib(head.smallest)
+    alone = sizing.gpus_needed(wanted_len)
+    notes = [
+        f"{model.name} does not fit on one host ({head.description}: "
+        + (f"it needs {alone} GPUs of {size}" if alone else "no tensor-parallel size fits")
+        + f" for max_model_len {wanted_len}); profile {profile.name} spans hosts ({mode} parallel), so one "
+        f"replica spans {count} hosts: {', '.join(names)}; the head, {names[0]}, serves it on port {port}",
+    ]
+    if mode == "pipeline":
+        notes.append(f"layout: tensor parallel within each host (TP {tp}), pipeline parallel across the hosts "
+                     f"(PP {pp}, one stage per host in the order listed, at most {model.stage_layers(pp)} of the "
+                     f"{model.num_layers} layers each); vLLM runs it on a Ray cluster or its own multi-node launcher")
+    else:
+        notes.append(f"layout: tensor parallel across the hosts (TP {tp}: {per_host} GPU(s) on each of the {count} "
+                     f"hosts, PP 1); the profile's vLLM runs it with its Ray executor over the hosts")
+    notes.append(f"per GPU: {_gib_bytes(memory.weights)} weights + {_gib_bytes(memory.kv_cache_one_sequence)} KV "
+                 f"cache of one {max_model_len}-token sequence + {_gib_bytes(memory.reserve)} reserve of a "
+                 f"{_gib_bytes(memory.budget)} budget (gpu_memory_utilization {head.utilization:g} x {size}); "
+                 f"{memory.full_length_sequences} full-length sequence(s) fit at once")
+    if pp > 1:
+        notes.append(f"the heaviest stage is counted: {model.stage_layers(pp)} layers plus one vocab x hidden "
+                     f"matrix ({_gib_bytes(model.embedding_bytes_per_gpu(tp))} per GPU): the first stage holds the "
+                     "embedding and the last the lm_head; vLLM gives leftover layers to the middle stages")
+    crossing = ("pipeline stages pass activations across the hosts' network at every step" if mode == "pipeline"
+                else "tensor-parallel all-reduces cross the hosts' network in every layer at every step, far more "
+                     "demanding than pipeline stages")
+    notes.append(f"interconnect: {crossing}, so the hosts need a fast interconnect (InfiniBand or RoCE); "
+                 "NCCL_SOCKET_IFNAME and GLOO_SOCKET_IFNAME must name its interface and VLLM_HOST_IP each "
+                 "host's address on it")
+    if max_model_len < wanted_len:
+        notes.append(f"max_model_len reduced from {wanted_len} to {max_model_len} so one full-length sequence's KV "
+                     f"cache fits over {count} hosts; the full {wanted_len} tokens: "
+                     + _more_hosts_text(model, mode, serving, head))
+    if per_host < head.count:
+        notes.append(f"{head.count - per_host} GPU(s) of each host unused (TP {tp} uses {per_host} per host)")
+    notes.append("deploy does not serve a replica over several hosts yet: this layout is a plan only")
+
+    host_plans: dict[str, HostPlan] = {}
+    for stage, shape in enumerate(spanned):
+        used = shape.gpus[:per_host]
+        role = (f"pipeline stage {stage + 1} of {pp}" if mode == "pipeline" else "Ray worker" if stage else "")
+        if stage == 0:
+            role = f"{role + ', ' if role else ''}the head: the API on port {port}"
+        host_notes = shape.notes + [
+            f"GPU(s) {', '.join(str(gpu.index) for gpu in used)} serve the replica over {', '.join(names)} "
+            f"({role}); no replica of its own"] + _busy_gpu_notes(used, shape.utilization)
+        host_plans[shape.host] = _gpu_host_plan(shape, tp, [], memory, host_notes)
+    for shape in shapes:
+        if shape.host in host_plans:
+            continue
+        why = (f"the replica over {', '.join(names)} needs only {count} such hosts (a plan has one replica over hosts)"
+               if shape.kind == head.kind else
+               f"its GPUs ({shape.description}) differ from the replica's hosts' ({head.description}), and a "
+               "replica spans hosts with identical GPUs only")
+        note = f"no replica: {model.name} needs more GPUs than this host has alone, and {why}"
+        notes.append(f"host {shape.host} left without a replica: {why}")
+        host_plans[shape.host] = _gpu_host_plan(shape, 0, [], None, shape.notes + [note])
+    replica = MultiHostReplicaPlan(
+        hosts=names, parallelism=mode, tensor_parallel_size=tp, pipeline_parallel_size=pp, gpus_per_host=per_host,
+        gpus={shape.host: [gpu.index for gpu in shape.gpus[:per_host]] for shape in spanned},
+        gpu_memory_utilization=head.utilization, max_model_len=max_model_len, port=port, memory_per_gpu=memory,
+        notes=notes,
+    )
+    return replica, host_plans
+
+
+def _gpu_host_plan(shape: _HostShape, tp: int, replicas: list[ReplicaPlan], memory: GpuMemoryPlan | None,
+                   notes: list[str]) -> HostPlan:
+    return HostPlan(
+        host=shape.host, accelerator="cuda", tensor_parallel_size=tp, replicas=replicas,
+        gpu_count=len(shape.listed), gpu_name=shape.label, gpu_models=shape.models, gpu_memory_mib=shape.smallest,
+        cuda_driver_version=shape.cuda_driver_version, memory_per_gpu=memory, notes=notes,
+    )
+
+
+def _fleet_does_not_fit(model: ModelSpec, profile: Profile, serving: ServingConfig, refused: list[_HostTooSmall],
+                        groups: list[list[_HostShape]]) -> str:
+    """The UserError text where no hosts of one kind hold one replica: what fails at the most hosts
+    there are of a kind, and how many would do."""
+    mode = profile.multi_host
+    group = max(groups, key=len)  # the first of the largest
+    shape = group[0]
+    more = _more_hosts_text(model, mode, serving, shape)
+    if len(refused) == 1:
+        return f"{refused[0]}; with profile {profile.name} one replica can span hosts ({mode} parallel): {more}"
+    hosts = _widest_span(model, mode, serving, shape, len(group))
+    if hosts is None:
+        if len(group) == 1:
+            kinds = ", ".join(f"{g[0].host}: {g[0].description}" for g in groups[:3])
+            kinds += ", ..." if len(groups) > 3 else ""
+            return (f"{model.name} does not fit on any one host, and no two hosts have identical GPUs to span with "
+                    f"profile {profile.name} ({kinds}); of {shape.host}'s kind {more}")
+        return (f"{model.name} does not fit on any one host and TP/PP cannot divide it over {len(group)} hosts of "
+                f"{shape.description} (profile {profile.name}, {mode} parallel); {more}")
+    tp, pp, _ = _span_layout(model, mode, serving, shape, hosts)
+    per_gpu = shape.sizing.memory(tp, shape.wanted_len, pp)
+    per_host = (f", serving.tensor_parallel_size {serving.tensor_parallel_size} GPU(s) per host"
+                if serving.tensor_parallel_size else "")
+    over = (f"all {hosts} hosts" if hosts == len(group) else
+            f"{hosts} of the {len(group)} hosts (the most a valid TP x PP spans)")
+    return (f"{model.name} does not fit even with one replica over {over} of {shape.description} "
+            f"(profile {profile.name}, {mode} parallel, gpu_memory_utilization {shape.utilization:g}, "
+            f"max_model_len {shape.wanted_len}{per_host}): at TP {tp} x PP {pp} each GPU needs "
+            f"{_gib_bytes(per_gpu.weights)} weights + {_gib_bytes(per_gpu.kv_cache_one_sequence)} KV cache + "
+            f"{_gib_bytes(per_gpu.reserve)} reserve but may use {_gib_bytes(per_gpu.budget)}; {more}")
 
 
 # -- CPU hosts ----------------------------------------------------------------------------------

@@ -152,6 +152,10 @@ class Profile(_Strict):
     #: guide's 0.5 fork); "upstream": upstream vLLM, which serves FM9G through the catalog's
     #: `upstream_architecture` (the model's config is rewritten to it when the model is unpacked).
     architecture_mapping: Literal["native", "upstream"] = "native"
+    #: How this profile's vLLM spans hosts with one replica, when the model needs more GPUs than one
+    #: host has: "pipeline" (tensor parallel within a host, pipeline parallel across hosts), "tensor"
+    #: (tensor parallel across hosts), or None (it cannot: the planner refuses such a model).
+    multi_host: Literal["pipeline", "tensor"] | None = None
 
     @field_validator("platform")
     @classmethod

@@ -92,7 +92,7 @@ def build_facts(config: DeploymentConfig, inventory: Path, limit: str | None = N
     from fm9g_deploy.artifacts.lock import load_lock
     from fm9g_deploy.artifacts.publish import set_folder
     from fm9g_deploy.facts import gather_gpu_facts
-    from fm9g_deploy.planner import plan_deployment
+    from fm9g_deploy.planner import plan_deployment, refuse_multi_host
     from fm9g_deploy.profiles import load_profile
     from fm9g_deploy.replica_spec import plan_specs, serve_settings
 
@@ -112,6 +112,7 @@ def build_facts(config: DeploymentConfig, inventory: Path, limit: str | None = N
     host_vars = serving_hosts(inventory, limit)
 
     plan = plan_deployment(config, gather_gpu_facts(inventory, limit=limit))
+    refuse_multi_host(plan, "verify")
     # The replicas' specs as deploy builds them (the same code): what each host must run.
     specs = plan_specs(serve_settings(config, profile), plan)
     hosts = {}

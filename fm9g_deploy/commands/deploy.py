@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from fm9g_deploy.errors import UserError
     from fm9g_deploy.facts import gather_gpu_facts
     from fm9g_deploy.hostvars import load_stack, serve_vars
-    from fm9g_deploy.planner import plan_deployment
+    from fm9g_deploy.planner import plan_deployment, refuse_multi_host
 
     if args.batch < 1:
         raise UserError(f"--batch {args.batch} must be at least 1")
@@ -53,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
     serving_hosts(inventory, args.limit)  # else the playbook matches no host and "succeeds"
     stack = load_stack(config)
     plan = plan_deployment(config, gather_gpu_facts(inventory, limit=args.limit))
+    refuse_multi_host(plan, "deploy")  # its hosts would get no replica: refused, not silently skipped
     api_key, source = resolve_api_key(config, inventory)
     print(f"API key: {source}")
     extra_vars = {**serve_vars(stack, plan, api_key, accept_downtime=args.accept_downtime),
@@ -61,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         # --limit plans the named hosts only; whether their one replica is the fleet's only one is
         # a question about every serving host.
         whole = plan_deployment(config, gather_gpu_facts(inventory))
+        refuse_multi_host(whole, "deploy")
         extra_vars["fm9g_rollout_fleet_replicas"] = sum(len(host.replicas) for host in whole.hosts.values())
     result = run_playbook("serve.yml", inventory, extra_vars=extra_vars, check=args.check, diff=args.diff,
                           limit=args.limit, tags=args.tags, verbose=args.verbose)

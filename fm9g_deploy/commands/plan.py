@@ -16,11 +16,21 @@ in every GPU. The smallest TP that fits wins, which gives the most replicas.
   fm9g-deploy plan -i INVENTORY            read each host's GPUs with nvidia-smi, then plan
   fm9g-deploy plan --model fm9g-70b --gpus 4xA100-80GB
                                            plan a hypothetical host, no inventory needed
+  fm9g-deploy plan --model fm9g-70b --gpus 2xA100-80GB --hosts 2
+                                           plan a hypothetical fleet of 2 such hosts (host1, host2)
+
+When no host holds the model alone and the profile's vLLM can span hosts (cuda130: tensor
+parallel within a host, pipeline parallel across hosts; cuda121: tensor parallel across hosts),
+the plan is one replica over the fewest identical hosts that hold it (multi_host_replicas in
+--json). deploy does not serve such a replica yet.
 
 Override any choice in the config's `serving` section (tensor_parallel_size, replicas_per_host,
 gpu_memory_utilization, max_model_len); an override that cannot work is refused. Hosts without
 a GPU get the CPU plan (profile cpu). Changes nothing.
 """
+
+#: The most hypothetical hosts `--hosts` plans.
+MAX_HYPOTHETICAL_HOSTS = 64
 
 
 def register(subparsers) -> None:
@@ -34,6 +44,10 @@ def register(subparsers) -> None:
     source.add_argument(
         "--gpus", metavar="COUNTxGPU",
         help="plan one hypothetical host instead, e.g. 4xA100-80GB, 1xH100 or 8x40GiB")
+    parser.add_argument(
+        "--hosts", type=int, metavar="N",
+        help=f"with --gpus: plan N identical hypothetical hosts, host1..hostN (1 to {MAX_HYPOTHETICAL_HOSTS}; "
+             "default 1)")
     add_config_arg(parser)
     parser.add_argument(
         "--model", metavar="NAME",
@@ -54,10 +68,12 @@ def run(args: argparse.Namespace) -> int:
     from fm9g_deploy.hostvars import model_serve_as
     from fm9g_deploy.profiles import load_profile
 
+    hosts = _hypothetical_count(args)
     config = _config(args)
     probes: dict = {}
     if args.gpus is not None:
-        facts = {args.gpus.strip(): _hypothetical_host(args.gpus)}
+        names = [args.gpus.strip()] if hosts == 1 else [f"host{i}" for i in range(1, hosts + 1)]
+        facts = {name: _hypothetical_host(args.gpus) for name in names}
         plan = plan_deployment(config, facts, check_driver=False)
     else:
         facts, probes = _gather_facts(args, config.serving.serve_mode)
@@ -84,6 +100,19 @@ def architecture_note(model: str, profile, serve_as: str) -> str:
         return f"architecture: {spec.architecture}, served natively by the {profile.name} profile's vLLM"
     return (f"architecture: {spec.architecture}, served by upstream vLLM ({profile.name}) as {serve_as}; "
             f"provision rewrites config.json and keeps the checkpoint's own as {ORIGINAL_CONFIG}")
+
+
+def _hypothetical_count(args: argparse.Namespace) -> int:
+    """--hosts, checked: only with --gpus, 1 to MAX_HYPOTHETICAL_HOSTS."""
+    from fm9g_deploy.errors import UserError
+
+    if args.hosts is None:
+        return 1
+    if args.gpus is None:
+        raise UserError("--hosts plans hypothetical hosts: use it with --gpus (with -i the inventory names the hosts)")
+    if not 1 <= args.hosts <= MAX_HYPOTHETICAL_HOSTS:
+        raise UserError(f"--hosts {args.hosts}: the number of hosts must be 1 to {MAX_HYPOTHETICAL_HOSTS}")
+    return args.hosts
 
 
 def _config(args: argparse.Namespace):
@@ -129,7 +158,7 @@ def _print_table(plan) -> None:
 
     from fm9g_deploy.planner import GIB
 
-    any_gpu = any(host.memory_per_gpu for host in plan.hosts.values())
+    any_gpu = any(host.accelerator == "cuda" for host in plan.hosts.values())
     caption = ("Memory per GPU (GiB): weights + KV cache of one max_model_len sequence + runtime reserve / "
                "budget (gpu_memory_utilization x GPU memory). Headroom: budget left, and how many "
                "max_model_len sequences the KV cache holds at once.") if any_gpu else None
@@ -138,19 +167,29 @@ def _print_table(plan) -> None:
     # Numbers never wrap; the wordy columns wrap at spaces on narrow terminals.
     for column in ("Host", "GPUs", "TP", "Replicas", "Ports", "Memory per GPU", "Headroom"):
         table.add_column(column, no_wrap=column in ("TP", "Replicas", "Ports"), overflow="fold")
+    spanning = {host: replica for replica in plan.multi_host_replicas for host in replica.hosts}
     for host in plan.hosts.values():
         ports = [replica.port for replica in host.replicas]
-        port_text = str(ports[0]) if len(ports) == 1 else f"{ports[0]}-{ports[-1]}"
-        if host.memory_per_gpu is None:
+        port_text = "-" if not ports else str(ports[0]) if len(ports) == 1 else f"{ports[0]}-{ports[-1]}"
+        replicas, tp = str(len(host.replicas)), str(host.tensor_parallel_size)
+        if host.host in spanning:  # its GPUs serve the replica over several hosts, listed below
+            replica = spanning[host.host]
+            tp = f"{replica.tensor_parallel_size}, PP {replica.pipeline_parallel_size}"
+            replicas = f"1 (spans {len(replica.hosts)})"
+            port_text = str(replica.port) if host.host == replica.hosts[0] else "-"
+        elif not host.replicas:
+            tp = "-"
+        if host.accelerator == "cpu":
             gpus, memory, headroom = "none (CPU)", "-", "-"
         else:
-            m = host.memory_per_gpu
             gpus = f"{host.gpu_count} x {host.gpu_name} ({host.gpu_memory_mib / 1024:.0f} GiB)"
-            memory = (f"{m.weights / GIB:.1f} + {m.kv_cache_one_sequence / GIB:.1f} + {m.reserve / GIB:.1f}"
-                      f" / {m.budget / GIB:.1f}")
-            headroom = f"{m.headroom / GIB:.1f} GiB, {m.full_length_sequences} seq"
-        table.add_row(host.host, gpus, str(host.tensor_parallel_size), str(len(host.replicas)), port_text,
-                      memory, headroom)
+            memory, headroom = "-", "-"
+            if host.memory_per_gpu is not None:
+                m = host.memory_per_gpu
+                memory = (f"{m.weights / GIB:.1f} + {m.kv_cache_one_sequence / GIB:.1f} + {m.reserve / GIB:.1f}"
+                          f" / {m.budget / GIB:.1f}")
+                headroom = f"{m.headroom / GIB:.1f} GiB, {m.full_length_sequences} seq"
+        table.add_row(host.host, gpus, tp, replicas, port_text, memory, headroom)
     console = Console(highlight=False)
     console.print(table)
     for host in plan.hosts.values():
@@ -162,3 +201,12 @@ def _print_table(plan) -> None:
                           f"max_model_len {replica.max_model_len}", soft_wrap=True)
         for note in host.notes:
             console.print(f"{host.host}: {note}", soft_wrap=True)
+    for replica in plan.multi_host_replicas:
+        name = f"replica over {', '.join(replica.hosts)}"
+        console.print(f"{name}: head {replica.hosts[0]}, port {replica.port}, {replica.parallelism} parallel: "
+                      f"tensor_parallel_size {replica.tensor_parallel_size}, pipeline_parallel_size "
+                      f"{replica.pipeline_parallel_size}, {replica.gpus_per_host} GPU(s) per host, "
+                      f"gpu_memory_utilization {replica.gpu_memory_utilization:g}, max_model_len "
+                      f"{replica.max_model_len}", soft_wrap=True)
+        for note in replica.notes:
+            console.print(f"{name}: {note}", soft_wrap=True)

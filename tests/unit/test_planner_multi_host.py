@@ -1,0 +1,353 @@
+"""One replica over several hosts (issue 15, part 1): the planner's layout, its refusals, the
+`plan --hosts N` CLI, and deploy refusing a plan it cannot serve yet."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fm9g_deploy.catalog import get_model
+from fm9g_deploy.cli import main
+from fm9g_deploy.config import DeploymentConfig
+from fm9g_deploy.errors import UserError
+from fm9g_deploy.planner import GIB, RUNTIME_RESERVE_BYTES, hypothetical_host, plan_deployment, refuse_multi_host
+from fm9g_deploy.profiles import load_profile
+
+INTERCONNECT_WORDS = ("InfiniBand", "RoCE", "NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME", "VLLM_HOST_IP")
+
+
+def config(model: str = "fm9g-70b", profile: str = "cuda130", **serving) -> DeploymentConfig:
+    return DeploymentConfig.model_validate({"model": {"name": model}, "profile": profile, "serving": serving})
+
+
+def fleet(gpus: str, hosts: int) -> dict:
+    return {f"host{i}": hypothetical_host(gpus) for i in range(1, hosts + 1)}
+
+
+def plan_fleet(gpus: str, hosts: int, model: str = "fm9g-70b", profile: str = "cuda130", **serving):
+    return plan_deployment(config(model, profile, **serving), fleet(gpus, hosts), check_driver=False)
+
+
+# -- the profiles say how they span hosts ----------------------------------------------------------
+
+def test_profiles_say_how_they_span_hosts():
+    assert load_profile("cuda130").multi_host == "pipeline"
+    assert load_profile("cuda121").multi_host == "tensor"
+    assert load_profile("cpu").multi_host is None
+
+
+def test_multi_host_is_strict():
+    data = load_profile("cuda130").model_dump()
+    with pytest.raises(ValueError, match="multi_host"):
+        type(load_profile("cuda130")).model_validate(data | {"multi_host": "expert"})
+
+
+# -- 70B on two hosts of 2 x A100 80GB -------------------------------------------------------------
+
+def test_70b_on_two_hosts_pipeline_under_cuda130():
+    plan = plan_fleet("2xA100-80GB", 2)
+    assert len(plan.multi_host_replicas) == 1
+    replica = plan.multi_host_replicas[0]
+    assert replica.hosts == ["host1", "host2"] and replica.parallelism == "pipeline"
+    assert (replica.tensor_parallel_size, replica.pipeline_parallel_size, replica.gpus_per_host) == (2, 2, 2)
+    assert replica.gpus == {"host1": [0, 1], "host2": [0, 1]}
+    assert (replica.port, replica.max_model_len, replica.gpu_memory_utilization) == (8100, 32768, 0.9)
+    # The heaviest stage, recomputed from the catalog: 40 of the 80 layers at TP 2, plus one
+    # vocab x hidden matrix at TP 2, plus the norms; its KV cache covers its 40 layers only.
+    spec = get_model("fm9g-70b")
+    layer = (2 * 8192 * 64 * 128) * 2 + 3 * 8192 * 29568
+    weights = ((40 * layer + 73448 * 8192) // 2 + (2 * 40 + 1) * 8192) * 2
+    kv = 2 * 40 * 32 * 128 * 2 * 32768
+    memory = replica.memory_per_gpu
+    assert memory.weights == weights and memory.kv_cache_one_sequence == kv
+    assert weights + kv + RUNTIME_RESERVE_BYTES <= 0.9 * 80 * GIB  # fits the budget
+    assert memory.headroom >= 0 and memory.full_length_sequences >= 1
+    # a quarter of the model per GPU, and a little more (the embedding of the first stage)
+    whole = spec.parameter_count * 2
+    assert whole / 4 < memory.weights < whole / 4 + GIB
+    text = " ".join(replica.notes)
+    assert all(word in text for word in INTERCONNECT_WORDS)
+    assert "pipeline parallel across the hosts (PP 2" in text and "embedding" in text and "lm_head" in text
+    assert "deploy does not serve a replica over several hosts yet" in text
+    # The spanned hosts have no replica of their own and say what their GPUs do.
+    for name, stage in (("host1", 1), ("host2", 2)):
+        host = plan.hosts[name]
+        assert host.replicas == [] and host.tensor_parallel_size == 2 and host.memory_per_gpu == memory
+        assert any(f"pipeline stage {stage} of 2" in note for note in host.notes)
+    assert any("the head: the API on port 8100" in note for note in plan.hosts["host1"].notes)
+
+
+def test_70b_on_two_hosts_tensor_under_cuda121():
+    plan = plan_fleet("2xA100-80GB", 2, profile="cuda121")
+    replica = plan.multi_host_replicas[0]
+    assert replica.hosts == ["host1", "host2"] and replica.parallelism == "tensor"
+    assert (replica.tensor_parallel_size, replica.pipeline_parallel_size, replica.gpus_per_host) == (4, 1, 2)
+    # TP 4 over two hosts is the same per-GPU arithmetic as TP 4 on one host of four GPUs
+    one_host = plan_deployment(config(profile="cuda121"), {"h": hypothetical_host("4xA100-80GB")}, check_driver=False)
+    assert replica.memory_per_gpu == one_host.hosts["h"].memory_per_gpu
+    text = " ".join(replica.notes)
+    assert all(word in text for word in INTERCONNECT_WORDS) and "far more demanding" in text
+    assert any("Ray worker" in note for note in plan.hosts["host2"].notes)
+
+
+def test_the_json_of_a_plan_over_hosts():
+    data = json.loads(json.dumps(plan_fleet("2xA100-80GB", 2).to_dict()))
+    assert [host["replicas"] for host in data["hosts"].values()] == [[], []]
+    replica = data["multi_host_replicas"][0]
+    assert {key: replica[key] for key in ("hosts", "head", "tensor_parallel_size", "pipeline_parallel_size",
+                                          "gpus_per_host", "port", "max_model_len")} == {
+        "hosts": ["host1", "host2"], "head": "host1", "tensor_parallel_size": 2, "pipeline_parallel_size": 2,
+        "gpus_per_host": 2, "port": 8100, "max_model_len": 32768}
+    assert replica["memory_per_gpu"]["headroom_gib"] > 0
+
+
+def test_hosts_are_taken_in_inventory_order():
+    facts = {name: hypothetical_host("2xA100-80GB") for name in ("zeta", "alpha")}
+    plan = plan_deployment(config(), facts, check_driver=False)
+    assert plan.multi_host_replicas[0].hosts == ["zeta", "alpha"]
+    assert list(plan.hosts) == ["alpha", "zeta"]  # the plan still lists hosts by name
+
+
+def test_the_fewest_hosts_are_spanned_and_the_rest_are_noted():
+    plan = plan_fleet("2xA100-80GB", 3)
+    assert plan.multi_host_replicas[0].hosts == ["host1", "host2"]
+    assert plan.hosts["host3"].replicas == [] and plan.hosts["host3"].memory_per_gpu is None
+    assert any("no replica" in note and "needs only 2 such hosts" in note for note in plan.hosts["host3"].notes)
+    assert any("host host3 left without a replica" in note for note in plan.multi_host_replicas[0].notes)
+
+
+def test_hosts_with_other_gpus_are_left_as_they_are():
+    facts = {"a": hypothetical_host("2xA100-80GB"), "odd": hypothetical_host("1xA100-80GB"),
+             "b": hypothetical_host("2xA100-80GB")}
+    plan = plan_deployment(config(), facts, check_driver=False)
+    assert plan.multi_host_replicas[0].hosts == ["a", "b"]
+    assert plan.hosts["odd"].replicas == []
+    assert any("differ from the replica's hosts'" in note for note in plan.hosts["odd"].notes)
+
+
+def test_more_hosts_of_one_gpu_each():
+    replica = plan_fleet("1xA100-40GB", 8).multi_host_replicas[0]
+    assert (replica.tensor_parallel_size, replica.pipeline_parallel_size, replica.max_model_len) == (1, 8, 32768)
+    tensor = plan_fleet("1xA100-40GB", 8, profile="cuda121").multi_host_replicas[0]
+    assert (tensor.tensor_parallel_size, tensor.pipeline_parallel_size) == (8, 1)
+
+
+def test_too_few_hosts_for_the_full_context_shorten_it():
+    replica = plan_fleet("1xA100-40GB", 5).multi_host_replicas[0]
+    assert replica.pipeline_parallel_size == 5 and replica.max_model_len == 4096
+    assert any("reduced from 32768 to 4096" in note and "8 such hosts would hold it" in note for note in replica.notes)
+
+
+def test_tensor_parallel_size_override_applies_within_a_host():
+    replica = plan_fleet("2xA100-80GB", 4, tensor_parallel_size=1).multi_host_replicas[0]
+    assert (replica.tensor_parallel_size, replica.pipeline_parallel_size, replica.gpus_per_host) == (1, 4, 1)
+    assert replica.gpus == {f"host{i}": [0] for i in range(1, 5)}
+    assert any("1 GPU(s) of each host unused" in note for note in replica.notes)
+
+
+def test_tensor_mode_keeps_tp_valid():
+    # 3 GPUs a host: TP 6 cannot divide 64 heads, so two of each host's GPUs make TP 4.
+    replica = plan_fleet("3x80GiB", 2, profile="cuda121").multi_host_replicas[0]
+    assert (replica.tensor_parallel_size, replica.gpus_per_host) == (4, 2)
+
+
+# -- refusals --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("profile", ["cuda130", "cuda121"])
+def test_a_fleet_too_small_is_one_line_naming_the_need(profile):
+    with pytest.raises(UserError) as refused:
+        plan_fleet("1xA100-40GB", 2, profile=profile)
+    message = str(refused.value)
+    assert "\n" not in message and len(message) < 400
+    assert message.startswith("fm9g-70b does not fit even with one replica over all 2 hosts of 1 x 40 GiB A100-40GB")
+    assert "75.3 GiB weights + 40.0 GiB KV cache + 3.0 GiB reserve but may use 36.0 GiB" in message
+    assert "8 such hosts would hold it" in message
+    plan_fleet("1xA100-40GB", 8, profile=profile)  # and they would
+    with pytest.raises(UserError, match="8 such hosts"):
+        plan_fleet("1xA100-40GB", 7, profile=profile, max_model_len=32768)
+
+
+def test_one_host_too_small_keeps_its_message_and_says_what_spanning_takes():
+    with pytest.raises(UserError) as refused:
+        plan_fleet("2xA100-80GB", 1, profile="cuda121")
+    message = str(refused.value)
+    assert message.startswith("fm9g-70b needs 4 GPUs of 80 GiB for 32768-token sequences")
+    assert message.endswith("with profile cuda121 one replica can span hosts (tensor parallel): 2 such hosts would hold it")
+
+
+def test_no_multi_host_profile_keeps_the_refusal_and_adds_the_hint(monkeypatch):
+    """The shipped profile without multi_host is cpu, whose hosts have no GPU to run short of; a
+    GPU profile without it shows the refusal every profile without multi_host gives."""
+    single = load_profile("cuda130").model_copy(update={"name": "single", "multi_host": None})
+    monkeypatch.setattr("fm9g_deploy.planner.load_profile", lambda name: single if name == "cuda130" else load_profile(name))
+    with pytest.raises(UserError) as refused:
+        plan_fleet("2xA100-80GB", 2)
+    assert str(refused.value) == (
+        "fm9g-70b needs 4 GPUs of 80 GiB for 32768-token sequences (gpu_memory_utilization 0.9) but host host1 "
+        "(2 x 80 GiB A100-80GB) has 2; add GPUs or use larger ones; profile single cannot span hosts "
+        "(profile cuda121 can run one replica over several hosts)")  # cuda130 reads as `single` here
+
+
+def test_the_cpu_profile_is_unchanged():
+    no_gpu = __import__("fm9g_deploy.gpu", fromlist=["HostGpuFacts"]).HostGpuFacts(problem="nvidia-smi not found")
+    plan = plan_deployment(config("fm9g-4b", "cpu"), {"a": no_gpu, "b": no_gpu})
+    assert plan.multi_host_replicas == [] and [len(h.replicas) for h in plan.hosts.values()] == [1, 1]
+    with pytest.raises(UserError, match=r"cpu_kvcache_space_gib is 1; raise cpu_kvcache_space_gib or lower max_model_len$"):
+        plan_deployment(config("fm9g-4b", "cpu", max_model_len=32768), {"a": no_gpu})
+    with pytest.raises(UserError, match=r"profile is cpu; set `profile: cuda121 or cuda130` in the config to serve on them$"):
+        plan_deployment(config("fm9g-70b", "cpu"), fleet("2xA100-80GB", 2))
+
+
+def test_a_host_that_holds_the_model_alone_means_no_spanning():
+    facts = {"big": hypothetical_host("4xA100-80GB"), "small": hypothetical_host("2xA100-80GB")}
+    with pytest.raises(UserError, match=r"^fm9g-70b needs 4 GPUs of 80 GiB .* host small .*; one replica spans hosts "
+                                        r"only where no host holds fm9g-70b alone \(host big does\)"):
+        plan_deployment(config(), facts, check_driver=False)
+
+
+def test_replicas_per_host_cannot_split_a_spanning_replica():
+    with pytest.raises(UserError, match="serving.replicas_per_host 2: fm9g-70b needs more GPUs than any host has"):
+        plan_fleet("2xA100-80GB", 2, replicas_per_host=2)
+    assert plan_fleet("2xA100-80GB", 2, replicas_per_host=1).multi_host_replicas[0].hosts == ["host1", "host2"]
+
+
+def test_settings_that_fail_on_one_host_are_still_refused_there():
+    # TP 1 is a valid size the host could hold more of: the override is the mistake, not the host.
+    with pytest.raises(UserError, match="tensor_parallel_size 2 is too small"):
+        plan_deployment(config(profile="cuda121", tensor_parallel_size=2), fleet("4xA100-80GB", 2), check_driver=False)
+
+
+# -- a model that fits one host is planned as before -------------------------------------------------
+
+def test_a_model_that_fits_one_host_is_planned_as_before():
+    plan = plan_deployment(config("fm9g-4b", "cuda121"), {"h": hypothetical_host("1xA100-40GB")}, check_driver=False)
+    assert plan.multi_host_replicas == []
+    refuse_multi_host(plan, "deploy")  # nothing to refuse
+    assert plan.to_dict() == {
+        "model": "fm9g-4b", "profile": "cuda121",
+        "hosts": {"h": {
+            "host": "h", "accelerator": "cuda", "gpu_count": 1, "gpu_name": "A100-40GB",
+            "gpu_models": [{"name": "A100-40GB", "gpus": [0], "memory_mib": 40960}], "gpu_memory_mib": 40960,
+            "cuda_driver_version": None, "tensor_parallel_size": 1,
+            "replicas": [{"index": 0, "port": 8100, "tensor_parallel_size": 1, "gpus": [0],
+                          "gpu_memory_utilization": 0.9, "max_model_len": 32768}],
+            "memory_per_gpu": {"total_gib": 40.0, "budget_gib": 36.0, "weights_gib": 7.69,
+                               "kv_cache_one_sequence_gib": 1.94, "reserve_gib": 3.0, "headroom_gib": 23.37,
+                               "full_length_sequences": 13},
+            "notes": []}},
+        "multi_host_replicas": [],
+    }
+
+
+def test_stage_sizes_at_pp_1_are_the_single_host_sizes():
+    spec = get_model("fm9g-70b")
+    for tp in (1, 2, 4, 8):
+        assert spec.stage_weight_bytes_per_gpu(tp, 1) == spec.weight_bytes_per_gpu(tp)
+        assert spec.stage_kv_cache_bytes_per_token_per_gpu(tp, 1) == spec.kv_cache_bytes_per_token_per_gpu(tp)
+    assert spec.stage_layers(3) == 27 and spec.stage_layers(80) == 1
+
+
+# -- the CLI ---------------------------------------------------------------------------------------
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(["plan", *argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_cli_plans_a_fleet_of_hypothetical_hosts(capsys):
+    code, out, _ = run(capsys, "--model", "fm9g-70b", "--gpus", "2xA100-80GB", "--hosts", "2", "--json")
+    assert code == 0
+    plan = json.loads(out)
+    assert plan["profile"] == "cuda121"  # a --gpus plan without a config uses the default profile
+    assert list(plan["hosts"]) == ["host1", "host2"]
+    assert [host["replicas"] for host in plan["hosts"].values()] == [[], []]
+    [replica] = plan["multi_host_replicas"]
+    assert (replica["hosts"], replica["tensor_parallel_size"], replica["pipeline_parallel_size"]) == (
+        ["host1", "host2"], 4, 1)
+
+
+def test_cli_pipeline_layout_with_a_cuda130_config(tmp_path, capsys):
+    (tmp_path / "fm9g.yml").write_text("profile: cuda130\n")
+    code, out, _ = run(capsys, "--config", str(tmp_path / "fm9g.yml"), "--model", "fm9g-70b",
+                       "--gpus", "2xA100-80GB", "--hosts", "2", "--json")
+    assert code == 0
+    [replica] = json.loads(out)["multi_host_replicas"]
+    assert (replica["tensor_parallel_size"], replica["pipeline_parallel_size"]) == (2, 2)
+
+
+def test_cli_table_shows_the_spanning_replica_and_its_notes(capsys):
+    code, out, _ = run(capsys, "--model", "fm9g-70b", "--gpus", "2xA100-80GB", "--hosts", "2")
+    assert code == 0
+    assert ("replica over host1, host2: head host1, port 8100, tensor parallel: tensor_parallel_size 4, "
+            "pipeline_parallel_size 1, 2 GPU(s) per host, gpu_memory_utilization 0.9, max_model_len 32768") in out
+    assert "replica over host1, host2: interconnect:" in out and "NCCL_SOCKET_IFNAME" in out
+    assert "host2: GPU(s) 0, 1 serve the replica over host1, host2 (Ray worker)" in out
+
+
+def test_cli_one_host_keeps_its_name(capsys):
+    code, out, _ = run(capsys, "--model", "fm9g-4b", "--gpus", "1xH100", "--hosts", "1", "--json")
+    assert code == 0 and list(json.loads(out)["hosts"]) == ["1xH100"]
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--gpus", "2xA100-80GB", "--hosts", "0"], "--hosts 0: the number of hosts must be 1 to 64"),
+    (["--gpus", "2xA100-80GB", "--hosts", "65"], "--hosts 65: the number of hosts must be 1 to 64"),
+    (["--gpus", "2xA100-80GB", "--hosts", "two"], "argument --hosts: invalid int value: 'two'"),
+    (["-i", "hosts.yml", "--hosts", "2"], "--hosts plans hypothetical hosts: use it with --gpus"),
+    (["--model", "fm9g-70b", "--gpus", "1xA100-40GB", "--hosts", "2"], "8 such hosts would hold it"),
+])
+def test_cli_bad_hosts_is_one_line_and_exit_2(capsys, argv, message):
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and message in err and err.startswith("fm9g-deploy: error: ")
+
+
+# -- deploy and verify refuse what they cannot serve ---------------------------------------------------
+
+def test_refuse_multi_host_names_the_hosts():
+    with pytest.raises(UserError) as refused:
+        refuse_multi_host(plan_fleet("2xA100-80GB", 2), "deploy")
+    message = str(refused.value)
+    assert "\n" not in message
+    assert message.startswith("deploy: the plan spans hosts: one fm9g-70b replica over host1, host2 (TP 2 x PP 2); "
+                              "serving one replica across hosts (a Ray cluster) is not built yet")
+
+
+def test_deploy_refuses_a_plan_over_hosts_before_running_anything(tmp_path, monkeypatch, capsys):
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text("all: {}\n")
+    (tmp_path / "fm9g.yml").write_text("model: {name: fm9g-70b}\nprofile: cuda130\n")
+
+    def never(*args, **kwargs):
+        raise AssertionError("deploy went past the plan")
+
+    monkeypatch.setattr("fm9g_deploy.ansible.serving_hosts", lambda inventory, limit=None: None)
+    monkeypatch.setattr("fm9g_deploy.hostvars.load_stack", lambda config, *args: object())
+    facts = fleet("2xA100-80GB", 2)
+    for host in facts.values():
+        host.cuda_driver_version = "13.0"  # deploy checks the driver
+    monkeypatch.setattr("fm9g_deploy.facts.gather_gpu_facts", lambda inventory, limit=None: facts)
+    monkeypatch.setattr("fm9g_deploy.apikey.resolve_api_key", never)
+    monkeypatch.setattr("fm9g_deploy.ansible.run_playbook", never)
+    code = main(["deploy", "-i", str(inventory)])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "deploy: the plan spans hosts: one fm9g-70b replica over host1, host2" in err
+
+
+def test_serve_specs_of_a_plan_over_hosts_do_not_crash():
+    from fm9g_deploy.replica_spec import plan_specs, serve_settings
+
+    plan = plan_fleet("2xA100-80GB", 2)
+    specs = plan_specs(serve_settings(config(), load_profile("cuda130")), plan)
+    assert specs == {"host1": [], "host2": []}
+
+
+def test_hosts_that_all_differ_cannot_span():
+    facts = {"a": hypothetical_host("2xA100-80GB"), "b": hypothetical_host("1xA100-80GB")}
+    with pytest.raises(UserError, match=r"^fm9g-70b does not fit on any one host, and no two hosts have identical GPUs "
+                                        r"to span with profile cuda130 \(a: 2 x 80 GiB A100-80GB, b: 1 x 80 GiB "
+                                        r"A100-80GB\); of a's kind 2 such hosts would hold it$"):
+        plan_deployment(config(), facts, check_driver=False)
