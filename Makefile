@@ -40,7 +40,7 @@ test-integration: deps
 	$(PYTEST) tests/integration -q
 
 test: deps
-	$(PYTEST) tests -q
+	$(PYTEST) tests -q --durations=25
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -90,3 +90,18 @@ def test_verify_with_the_shipped_suite_from_an_empty_directory(installed, deploy
     suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
     counts = {key: int(suite.get(key)) for key in ("tests", "failures", "errors")}
     assert counts["tests"] > 0 and counts["failures"] == counts["errors"] == 0, (counts, result.stdout[-2000:])
+
+
+def test_init_and_doctor_from_the_installed_package(installed, sandbox_inventory, tmp_path):
+    import json
+
+    program, env, _, _ = installed
+    site = tmp_path / "site"
+    _run([str(program), "init", str(site)], cwd=tmp_path, env=env)
+    assert sorted(p.name for p in site.iterdir()) == ["artifacts", "fm9g.yml", "hosts.yml"]
+    result = subprocess.run([str(program), "doctor", "-i", str(sandbox_inventory), "--min-free-gib", "1", "--json"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    checks = {check["name"]: check for check in json.loads(result.stdout)}
+    assert result.returncode == 0, [c for c in checks.values() if not c["ok"]]
+    assert checks["ansible content"]["ok"] and "/_content" in checks["ansible content"]["detail"]
+    assert checks["hosts"]["ok"] and "answered Ansible" in checks["hosts"]["detail"]
