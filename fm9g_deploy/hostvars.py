@@ -111,6 +111,7 @@ def load_stack(config: DeploymentConfig, config_path: Path | None = None) -> Sta
 
 
 def provision_vars(stack: Stack) -> dict[str, Any]:
+    from fm9g_deploy.artifacts.publish import file_url
     from fm9g_deploy.catalog import get_model
 
     config, profile, lock = stack.config, stack.profile, stack.lock
@@ -135,7 +136,7 @@ def provision_vars(stack: Stack) -> dict[str, Any]:
         "fm9g_python_env_find_links_url": f"{published}/",
         "fm9g_python_env_conda_root": layout.CONDA_ROOT,
         "fm9g_model_root": layout.model_root(config),
-        "fm9g_model_tarball_url": f"{stack.mirror_url}/sha256/{pin['sha256']}/{pin['filename']}",
+        "fm9g_model_tarball_url": file_url(stack.mirror_url, pin["sha256"], pin["filename"]),
         "fm9g_model_tarball_filename": pin["filename"],
         "fm9g_model_sha256": pin["sha256"],
         "fm9g_model_serve_as": stack.serve_as(),
@@ -146,7 +147,7 @@ def provision_vars(stack: Stack) -> dict[str, Any]:
         if installer is None:
             raise UserError(f"the {profile.name} lock has no Miniforge installer; add one to the profile and "
                             f"run `fm9g-deploy artifacts lock --profile {profile.name}`")
-        values["fm9g_python_env_conda_installer_url"] = f"{stack.mirror_url}/sha256/{installer.sha256}/{installer.filename}"
+        values["fm9g_python_env_conda_installer_url"] = file_url(stack.mirror_url, installer.sha256, installer.filename)
         values["fm9g_python_env_conda_installer_sha256"] = installer.sha256
         values["fm9g_python_env_conda_packages"] = conda_packages(stack, required=with_env)
     return values
@@ -156,9 +157,8 @@ def conda_packages(stack: Stack, *, required: bool = True) -> list[dict[str, str
     """The conda env's packages on the mirror, in the lock's (conda's link) order: what the env role
     downloads and creates the env from offline. UserError when the lock has none (and the hosts
     build the env): the env would then need the conda channel at provision time, which hosts never reach."""
-    from fm9g_deploy.artifacts.publish import file_url
-
     from fm9g_deploy.artifacts.conda import locked_packages
+    from fm9g_deploy.artifacts.publish import file_url
 
     packages = locked_packages(stack.profile, stack.lock) if required else stack.lock.conda_packages()
     return [{"filename": a.filename, "sha256": a.sha256, "url": file_url(stack.mirror_url, a.sha256, a.filename)}

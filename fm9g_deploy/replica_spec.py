@@ -125,13 +125,13 @@ def serve_settings(config, profile) -> dict:
 
 def multicast_off(settings: dict) -> bool:
     """Whether replicas run with every NVLink multicast path off (GPU profiles only)."""
-    return settings["accelerator"] == "cuda" and not settings.get("nvlink_multicast", True)
+    return settings["accelerator"] == "cuda" and not settings["nvlink_multicast"]
 
 
 def engine_args(settings: dict) -> list[str]:
     """The profile's own vLLM arguments, with its drain flag set to the deployment's drain."""
     drain = [settings["drain_flag"], str(settings["drain_timeout_s"])] if settings["drain_flag"] else []
-    multicast = list(settings.get("multicast_off_args") or []) if multicast_off(settings) else []
+    multicast = settings["multicast_off_args"] if multicast_off(settings) else []
     return list(settings["vllm_args"]) + drain + multicast
 
 
