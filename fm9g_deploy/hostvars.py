@@ -143,10 +143,7 @@ def provision_vars(stack: Stack) -> dict[str, Any]:
         "fm9g_model_expected_shape": get_model(config.model.name).expected_shape(),
     }
     if profile.env.manager == "conda":
-        installer = next((a for a in lock.installers() if a.name.startswith("miniforge")), None)
-        if installer is None:
-            raise UserError(f"the {profile.name} lock has no Miniforge installer; add one to the profile and "
-                            f"run `fm9g-deploy artifacts lock --profile {profile.name}`")
+        installer = lock.miniforge_installer()
         values["fm9g_python_env_conda_installer_url"] = file_url(stack.mirror_url, installer.sha256, installer.filename)
         values["fm9g_python_env_conda_installer_sha256"] = installer.sha256
         values["fm9g_python_env_conda_packages"] = conda_packages(stack, required=with_env)

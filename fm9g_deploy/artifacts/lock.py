@@ -108,6 +108,14 @@ class Lock(_Strict):
     def installers(self) -> list[LockedArtifact]:
         return [a for a in self.artifacts if a.kind == "installer"]
 
+    def miniforge_installer(self) -> LockedArtifact:
+        """The Miniforge installer a conda env starts from; UserError when the lock has none."""
+        installer = next((a for a in self.installers() if a.name.startswith("miniforge")), None)
+        if installer is None:
+            raise UserError(f"the {self.profile} lock has no Miniforge installer; add one to the profile and "
+                            f"run `fm9g-deploy artifacts lock --profile {self.profile}`")
+        return installer
+
     def conda_packages(self) -> list[LockedArtifact]:
         """The conda packages of the env, in lock order: the order conda links them (an explicit spec's)."""
         return [a for a in self.artifacts if a.kind == "conda"]

@@ -130,10 +130,7 @@ def plan_build(profile, lock, cache, *, lock_digest: str, model: str | None = No
         if not cache.has(artifact.sha256, artifact.filename):
             missing.append(artifact.filename)
     if profile.env.manager == "conda":
-        installer = next((a for a in lock.installers() if a.name.startswith("miniforge")), None)
-        if installer is None:
-            raise UserError(f"the {profile.name} lock has no Miniforge installer; add one to the profile and "
-                            f"run `fm9g-deploy artifacts lock --profile {profile.name}`")
+        installer = lock.miniforge_installer()
         files[f"installer/{installer.filename}"] = cache.path_for(installer.sha256, installer.filename)
         if not cache.has(installer.sha256, installer.filename):
             missing.append(installer.filename)

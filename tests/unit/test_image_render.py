@@ -224,3 +224,13 @@ def test_context_of_an_incomplete_cache_is_refused_with_the_fetch_to_run(tmp_pat
     plan = plan_build(load_profile("cpu"), load_lock("cpu"), Cache(tmp_path), lock_digest="f" * 64)
     with pytest.raises(UserError, match=r"artifacts fetch --profile cpu"):
         assemble_context(plan, tmp_path / "ctx")
+
+
+def test_a_conda_lock_without_miniforge_is_refused_alike_by_the_image_build_and_the_lock(tmp_path):
+    lock = gpu_lock_with_registered_wheel()
+    lock = lock.model_copy(update={"artifacts": [a for a in lock.artifacts if a.kind != "installer"]})
+    expected = r"^the cuda121 lock has no Miniforge installer; add one to the profile and run `fm9g-deploy artifacts lock"
+    with pytest.raises(UserError, match=expected):
+        lock.miniforge_installer()
+    with pytest.raises(UserError, match=expected):
+        plan_build(load_profile("cuda121"), lock, Cache(tmp_path), lock_digest="c" * 64, model="fm9g-4b")
