@@ -31,6 +31,8 @@ FINGERPRINT_SALT = CONFIG_DIR + "/fingerprint.salt"
 CONTAINER_MODEL_DIR = "/model"
 CONTAINER_KEY_FILE = "/run/secrets/fm9g_api_key"
 CONTAINER_STATE_DIR = STATE_DIR + "/state"
+#: The node exporter's textfile directory: links to every replica's supervisor textfile.
+METRICS_TEXTFILE_DIR = STATE_DIR + "/metrics"
 
 SERVE_MODES = ("systemd", "container")
 
@@ -77,6 +79,12 @@ def supervisor_state_file(serve_mode, index, state_dir=STATE_DIR):
     return os.path.join(supervisor_state_dir(serve_mode, index, state_dir), name)
 
 
+def supervisor_textfile(serve_mode, index, state_dir=STATE_DIR):
+    """Where replica ``index``'s supervisor writes its state as Prometheus text, on the host."""
+    name = "replica.prom" if serve_mode == "container" else "replica-%d.prom" % int(index)
+    return os.path.join(supervisor_state_dir(serve_mode, index, state_dir), name)
+
+
 def engine_probe_cache(serve_mode, state_dir=STATE_DIR):
     """The engine probe's cached answer on the host (container mode: a directory the image's user owns)."""
     return os.path.join(state_dir, "probe" if serve_mode == "container" else "", "engine-probe.json")
@@ -87,6 +95,6 @@ def host_layout():
     return {"install_root": INSTALL_ROOT, "config_dir": CONFIG_DIR, "state_dir": STATE_DIR,
             "programs_dir": PROGRAMS_DIR, "supervisor": SUPERVISOR, "engine_probe": ENGINE_PROBE,
             "api_key_file": API_KEY_FILE, "container_api_key_file": CONTAINER_API_KEY_FILE,
-            "fingerprint_salt": FINGERPRINT_SALT,
+            "fingerprint_salt": FINGERPRINT_SALT, "metrics_textfile_dir": METRICS_TEXTFILE_DIR,
             "container_model_dir": CONTAINER_MODEL_DIR, "container_state_dir": CONTAINER_STATE_DIR,
             "engine_probe_cache": {mode: engine_probe_cache(mode) for mode in SERVE_MODES}}

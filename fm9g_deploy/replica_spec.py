@@ -67,6 +67,9 @@ class ReplicaSpec:
     exec_start: str
     #: The supervisor's state on the host's filesystem.
     state_file: str
+    #: The supervisor's state as Prometheus text (the monitoring role links it into the node
+    #: exporter's textfile directory), on the host's filesystem.
+    textfile: str
     #: What systemd's TimeoutStopSec and `docker stop --time` wait for.
     stop_timeout_s: int
     #: Container mode: (host path, container path, read-only) of what the container mounts.
@@ -147,6 +150,7 @@ def build_replica_spec(settings: dict, replica: dict, *, extra_env: dict[str, st
         **LOOPBACK_ENVIRONMENT,
         "FM9G_PORT": str(port),
         DTYPE_VARIABLE: settings["dtype"],
+        "FM9G_REPLICA_INDEX": str(index),
         "FM9G_TENSOR_PARALLEL_SIZE": str(replica["tensor_parallel_size"]),
         "FM9G_MAX_MODEL_LEN": str(replica["max_model_len"]),
         "FM9G_GPU_MEMORY_UTILIZATION": str(utilization or 0.9),
@@ -163,8 +167,11 @@ def build_replica_spec(settings: dict, replica: dict, *, extra_env: dict[str, st
 
     state_file = layout.supervisor_state_file(settings["serve_mode"], index)
     in_process_state = (f"{layout.CONTAINER_STATE_DIR}/{state_file.rsplit('/', 1)[1]}" if container else state_file)
+    textfile = layout.supervisor_textfile(settings["serve_mode"], index)
+    in_process_textfile = f"{layout.CONTAINER_STATE_DIR}/{textfile.rsplit('/', 1)[1]}" if container else textfile
     python = settings["python"]
-    supervisor = [python, layout.SUPERVISOR, "--state-file", in_process_state, "--port", str(port),
+    supervisor = [python, layout.SUPERVISOR, "--state-file", in_process_state,
+                  "--textfile", in_process_textfile, "--replica", str(index), "--port", str(port),
                   "--crash-limit", str(settings["crash_limit"]), "--crash-window", str(settings["crash_window_s"]),
                   "--stop-timeout", str(int(settings["drain_timeout_s"]) + SUPERVISOR_STOP_MARGIN_S)]
     if container:
@@ -191,7 +198,7 @@ def build_replica_spec(settings: dict, replica: dict, *, extra_env: dict[str, st
         max_model_len=int(replica["max_model_len"]), unit=layout.replica_unit(index),
         container=layout.replica_container(index), environment=environment, argv=supervisor + ["--"] + vllm,
         exec_start=systemd_exec_start(supervisor + ["--"] + vllm),
-        state_file=state_file, stop_timeout_s=int(settings["drain_timeout_s"]) + STOP_MARGIN_S, mounts=mounts)
+        state_file=state_file, textfile=textfile, stop_timeout_s=int(settings["drain_timeout_s"]) + STOP_MARGIN_S, mounts=mounts)
 
 
 def plan_specs(settings: dict, plan, *, extra_env: dict[str, str] | None = None) -> dict[str, list[ReplicaSpec]]:

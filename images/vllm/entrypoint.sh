@@ -33,7 +33,9 @@ argv+=("${extra[@]}")
 if [ "${FM9G_SUPERVISE:-1}" = 1 ]; then
     read -r -a supervisor <<< "${FM9G_SUPERVISOR_ARGS:-}"
     argv=("$FM9G_PYTHON" "${FM9G_SUPERVISOR:-/usr/local/lib/fm9g/fm9g_replica_supervisor.py}"
-          --state-file "${FM9G_STATE_DIR:-/var/lib/fm9g/state}/replica.state.json" --port "${FM9G_PORT:-8020}"
+          --state-file "${FM9G_STATE_DIR:-/var/lib/fm9g/state}/replica.state.json"
+          --textfile "${FM9G_STATE_DIR:-/var/lib/fm9g/state}/replica.prom" --replica "${FM9G_REPLICA_INDEX:-0}"
+          --port "${FM9G_PORT:-8020}"
           "${supervisor[@]}" --give-up-exit-code 0 -- "${argv[@]}")
 fi
 

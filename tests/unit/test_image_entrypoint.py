@@ -53,7 +53,8 @@ def test_entrypoint_alone_runs_the_same_command_as_a_replica_spec(accelerator, p
     image_supervisor, image_vllm = supervised(result.stdout.splitlines())
     assert image_vllm == spec_vllm
     assert image_supervisor == spec_supervisor == {
-        "--state-file": "/var/lib/fm9g/state/replica.state.json", "--port": "8100", "--crash-limit": "5",
+        "--state-file": "/var/lib/fm9g/state/replica.state.json", "--textfile": "/var/lib/fm9g/state/replica.prom",
+        "--replica": "0", "--port": "8100", "--crash-limit": "5",
         "--crash-window": "600", "--stop-timeout": "60", "--give-up-exit-code": "0"}
     assert "--enforce-eager" in spec_vllm if profile == "cpu" else "--enforce-eager" not in spec_vllm
     assert spec_vllm[-2:] == drain if drain else "--shutdown-timeout" not in spec_vllm

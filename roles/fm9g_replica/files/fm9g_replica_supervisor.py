@@ -90,6 +90,9 @@ def parse_args(argv):
     p.add_argument("--crash-window", type=_number(float, 0, strict=True), default=600.0)
     p.add_argument("--give-up-exit-code", type=_number(int, 0), default=3)
     p.add_argument("--stop-timeout", type=_number(float, 0), default=60.0)
+    p.add_argument("--textfile", help="also write the state as Prometheus text here (node exporter's textfile "
+                                      "collector): restarts, crash-loop failure, serving")
+    p.add_argument("--replica", type=_number(int, 0), default=0, help="the replica label of --textfile's metrics")
     opts = p.parse_args(options)
     if not child_argv:
         p.error("no vLLM command after '--'")
@@ -137,9 +140,44 @@ def crash_cause(exit_desc, lines):
 
 # ---------------------------------------------------------------- state file
 
+def textfile_metrics(data, replica):
+    """The state as Prometheus text: what the monitoring role's alerts and dashboard read."""
+    label = '{replica="%d"}' % replica
+    lines = [
+        "# HELP fm9g_replica_restarts_total Engine restarts by the replica's supervisor.",
+        "# TYPE fm9g_replica_restarts_total counter",
+        "fm9g_replica_restarts_total%s %d" % (label, int(data.get("restarts") or 0)),
+        "# HELP fm9g_replica_failed 1 when the supervisor gave up on a crash loop.",
+        "# TYPE fm9g_replica_failed gauge",
+        "fm9g_replica_failed%s %d" % (label, 1 if data.get("state") == "failed" else 0),
+        "# HELP fm9g_replica_serving 1 while the engine has answered its health check since its last start.",
+        "# TYPE fm9g_replica_serving gauge",
+        "fm9g_replica_serving%s %d" % (label, 1 if data.get("state") == "serving" else 0),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_atomically(path, text, mode=0o644):
+    """Readers (the node exporter, status) never see half a file."""
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".supervisor-state.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            os.fchmod(f.fileno(), mode)
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
 class StateFile:
-    def __init__(self, path):
+    def __init__(self, path, textfile=None, replica=0):
         self.path = os.path.abspath(path)
+        self.textfile = os.path.abspath(textfile) if textfile else None
+        self.replica = replica
         self.data = self._load()
 
     def _load(self):
@@ -165,20 +203,12 @@ class StateFile:
         self.data.update(changes)
         self.data["supervisor_pid"] = os.getpid()
         self.data["updated_at"] = time.time()
-        folder = os.path.dirname(self.path)
-        tmp = None
         try:
-            os.makedirs(folder, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=folder, prefix=".supervisor-state.", suffix=".tmp")
-            with os.fdopen(fd, "w") as f:
-                os.fchmod(f.fileno(), 0o644)
-                json.dump(self.data, f, indent=1, sort_keys=True)
-                f.write("\n")
-            os.replace(tmp, self.path)
+            write_atomically(self.path, json.dumps(self.data, indent=1, sort_keys=True) + "\n")
+            if self.textfile:
+                write_atomically(self.textfile, textfile_metrics(self.data, self.replica))
         except OSError as exc:  # supervising matters more than bookkeeping
             log("warning: cannot write state file %s: %s" % (self.path, exc))
-            if tmp and os.path.exists(tmp):
-                os.unlink(tmp)
 
 
 # ---------------------------------------------------------------- the child
@@ -258,7 +288,7 @@ class Supervisor:
     def __init__(self, opts, argv):
         self.opts = opts
         self.argv = argv
-        self.state = StateFile(opts.state_file)
+        self.state = StateFile(opts.state_file, opts.textfile, opts.replica)
         self.stop = threading.Event()
         self.stop_signal = None
         self.child = None
