@@ -176,20 +176,67 @@ class MirrorConfig(_Strict):
     cache_dir: Path | None = None
 
 
+class AlertThresholds(_Strict):
+    #: KV-cache usage (0..1) above which a replica is about to preempt or queue requests.
+    kv_cache_usage: Annotated[float, Field(gt=0.0, le=1.0, allow_inf_nan=False)] = 0.9
+    #: Requests waiting on one replica, held for queue_for_s, that mean it cannot keep up.
+    requests_waiting: Annotated[int, Field(ge=1, le=100000)] = 4
+    queue_for_s: Annotated[int, Field(ge=0, le=86400)] = 120
+    #: 95th percentile of time to first token, in seconds, over five minutes.
+    ttft_p95_s: Annotated[float, Field(gt=0.0, le=3600.0, allow_inf_nan=False)] = 5.0
+    #: Engine restarts within restart_window_s that make a restart loop.
+    restarts: Annotated[int, Field(ge=1, le=1000)] = 3
+    restart_window_s: Annotated[int, Field(ge=60, le=86400)] = 900
+
+
+class MonitoringConfig(_Strict):
+    #: Prometheus scraping every replica, gateway and host, with alerting rules (off unless set;
+    #: the sandbox's config turns it on).
+    enabled: bool = False
+    #: The inventory host that runs Prometheus; unset: the first `gateway` host, else the first
+    #: `serving` host.
+    host: Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9_.-]+$")] | None = None
+    scrape_interval_s: Annotated[int, Field(ge=1, le=3600)] = 15
+    #: The metrics door on every host (nginx): each replica's, the gateway's and the host's metrics,
+    #: open to the monitoring host only, never through the public gateway port.
+    scrape_port: Port = 9180
+    #: Prometheus's own port, on the monitoring host's loopback.
+    prometheus_port: Port = 9090
+    retention_days: Annotated[int, Field(ge=1, le=3650)] = 15
+    alerts: AlertThresholds = Field(default_factory=AlertThresholds)
+
+
 class DeploymentConfig(_Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     profile: str = "cuda121"
     serving: ServingConfig = Field(default_factory=ServingConfig)
     mirror: MirrorConfig = Field(default_factory=MirrorConfig)
+    monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
 
     @model_validator(mode="before")
     @classmethod
     def _empty_sections_mean_defaults(cls, data: Any) -> Any:
         # A section whose keys are all commented out parses as None: treat it as empty.
         if isinstance(data, dict):
-            return {key: ({} if value is None and key in ("model", "serving", "mirror") else value)
+            return {key: ({} if value is None and key in ("model", "serving", "mirror", "monitoring") else value)
                     for key, value in data.items()}
         return data
+
+    @model_validator(mode="after")
+    def _monitoring_ports_free(self) -> "DeploymentConfig":
+        serving, monitoring = self.serving, self.monitoring
+        taken = {serving.port: "serving.port"}
+        if serving.replicas_per_host is not None:
+            for index in range(serving.replicas_per_host):
+                taken.setdefault(serving.replica_base_port + index, f"the port of replica {index}")
+        else:
+            taken.setdefault(serving.replica_base_port, "the port of replica 0")
+        for name in ("scrape_port", "prometheus_port"):
+            port = getattr(monitoring, name)
+            if port in taken:
+                raise ValueError(f"monitoring.{name} {port} is also {taken[port]}; move one of them")
+            taken[port] = f"monitoring.{name}"
+        return self
 
     @field_validator("profile")
     @classmethod

