@@ -13,6 +13,10 @@ description:
     which the module reads on the host, so the key never travels through Ansible.
   - Adds what each replica's supervisor knows (engine restarts, the last crash's cause, a crash loop)
     and the dtype it runs in, with the engine probe's reason where that is a fallback.
+  - Reads each replica's serving metrics from vLLM's C(/metrics) on loopback (Prometheus text, no key) twice,
+    C(metrics_interval) seconds apart for the whole host, and reports per replica C(metrics) (requests running
+    and waiting, KV-cache usage as a fraction, generation and prompt tokens per second), or C(metrics_problem)
+    where C(/metrics) cannot be read; and the replica's spec as deployed (C(spec)).
   - Changes nothing; supports check mode.
 options:
   config_dir:
@@ -39,6 +43,12 @@ options:
     description: The engine probe's answer, per serving mode (why a replica runs in a fallback dtype).
     type: dict
     required: true
+  metrics_interval:
+    description:
+      - Seconds between the two reads of every replica's C(/metrics), once for the whole host; the token rates
+        are the counters' growth over it. C(0) reads once and reports no rates.
+    type: float
+    default: 1.0
 author: fm9g-deploy
 """
 
@@ -46,7 +56,7 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.fm9g_replicas import (
-    api_key, container_properties, deployed_specs, read_env_file, read_json_object, served_models,
+    api_key, container_properties, deployed_specs, read_env_file, read_json_object, replica_metrics, served_models,
     unit_properties, uptime_seconds,
 )
 
@@ -91,6 +101,7 @@ def replica_status(module, spec, key):
         "models": models,
         "ready": bool(models),
         "problem": problem,
+        "spec": spec,
     }
 
 
@@ -101,11 +112,18 @@ def main():
                        "timeout": {"type": "float", "default": 5.0},
                        "container_cli": {"type": "str", "default": "docker"},
                        "container_prefix": {"type": "str", "default": ""},
-                       "engine_probe_cache": {"type": "dict", "required": True}},
+                       "engine_probe_cache": {"type": "dict", "required": True},
+                       "metrics_interval": {"type": "float", "default": 1.0}},
         supports_check_mode=True,
     )
-    key = api_key(module.params["api_key_file"])
-    replicas = [replica_status(module, spec, key) for spec in deployed_specs(module.params["config_dir"])]
+    p = module.params
+    if p["metrics_interval"] < 0:
+        module.fail_json(msg="metrics_interval %s: must be 0 (one read, no rates) or more seconds" % p["metrics_interval"])
+    key = api_key(p["api_key_file"])
+    specs = deployed_specs(p["config_dir"])
+    metrics = replica_metrics({int(spec["index"]): int(spec["port"]) for spec in specs},
+                              p["metrics_interval"], p["timeout"])
+    replicas = [dict(replica_status(module, spec, key), **metrics[int(spec["index"])]) for spec in specs]
     module.exit_json(changed=False, replicas=replicas)
 
 

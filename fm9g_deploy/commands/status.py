@@ -7,15 +7,35 @@ import argparse
 from fm9g_deploy.commands.common import add_inventory_args
 
 
+#: --watch's refresh when it is given no number of seconds.
+WATCH_SECONDS = 5.0
+
+STATUS_DESCRIPTION = """\
+Ask every serving host for its replicas, live: the systemd unit's (or container's) state, whether
+the replica answers /v1/models with the served name (a real request), uptime, restarts (the unit's
+and the engine's) and the last crash's cause; from vLLM's own metrics, the requests running and
+waiting, the KV-cache usage and the tokens generated per second (two reads a second apart); and
+the model release and each replica's config hash against what `deploy` would put there now (drift:
+"ok", or "DRIFT" with what differs listed under the table). Where the desired state cannot be
+planned on this control node (no artifact cache, say), drift shows as unknown ("?").
+
+Changes nothing. Exits 0 when every replica is ready, 1 otherwise. --watch redraws the table every
+SECONDS (default 5) until Ctrl-C (exit 0) or --count refreshes.
+"""
+
+
 def register(subparsers) -> None:
     status = subparsers.add_parser(
-        "status", help="show each host's replicas: unit state, ready, model, TP, port, uptime",
-        description="Ask every serving host for its replicas: the systemd unit's (or container's) state, whether the "
-                    "replica answers /v1/models with the served name (a real request), the model "
-                    "release, the profile, TP, port and uptime. Changes nothing.")
+        "status", help="the live fleet: replica state, ready, load, tokens/s, release and config drift",
+        description=STATUS_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_inventory_args(status)
     status.add_argument("--limit", metavar="PATTERN", help="only these hosts (Ansible host pattern)")
-    status.add_argument("--json", action="store_true", help="print the report as JSON")
+    status.add_argument("--json", action="store_true", help="print the report as JSON (host -> report)")
+    status.add_argument("--watch", type=float, nargs="?", const=WATCH_SECONDS, metavar="SECONDS",
+                        help=f"a live table, read again every SECONDS (default {WATCH_SECONDS:g}, at least 1) "
+                             "until Ctrl-C")
+    status.add_argument("--count", type=int, metavar="N",
+                        help="with --watch: end after N refreshes, exiting as a single status would")
     status.set_defaults(handler=run_status)
 
     stop = subparsers.add_parser(
@@ -60,49 +80,94 @@ def collect_status(inventory, config, limit=None) -> dict:
     return reports
 
 
+def check_status_args(args: argparse.Namespace) -> None:
+    """UserError for --watch/--count values that cannot work, before any host is asked."""
+    import math
+
+    from fm9g_deploy.errors import UserError
+
+    if args.watch is not None and args.json:
+        raise UserError("--watch draws a live table, --json prints one report: drop one of them "
+                        "(for a feed of JSON, run `status --json` in a loop)")
+    if args.watch is not None and not (args.watch >= 1 and math.isfinite(args.watch)):
+        raise UserError(f"--watch {args.watch:g}: give 1 or more seconds between refreshes")
+    if args.count is not None and args.watch is None:
+        raise UserError("--count counts --watch's refreshes: add --watch")
+    if args.count is not None and args.count < 1:
+        raise UserError(f"--count {args.count}: give 1 or more refreshes")
+
+
 def run_status(args: argparse.Namespace) -> int:
     import json
 
     from rich.console import Console
-    from rich.table import Table
 
     from fm9g_deploy.ansible import serving_hosts
     from fm9g_deploy.commands.common import config_for, inventory_path
+    from fm9g_deploy.fleet_status import all_ready, desired_state, table_notes, with_drift
 
+    check_status_args(args)
     config = config_for(args)
     inventory = inventory_path(args)
     serving_hosts(inventory, args.limit)  # else the playbook matches no host and reports nothing
-    reports = collect_status(inventory, config, args.limit)
+    desired = desired_state(config, inventory, args.limit)
+    if args.watch is not None:
+        return _watch(args, config, inventory, desired)
+    reports = with_drift(collect_status(inventory, config, args.limit), desired)
     if args.json:
         print(json.dumps(reports, indent=2))
-        return 0 if _all_ready(reports) else 1
-    table = Table(title=f"{config.model.name} on profile {config.profile}")
-    for column in ("host", "replica", "unit", "ready", "TP", "GPUs", "port", "uptime", "restarts", "last cause",
-                   "model release"):
-        table.add_column(column, overflow="fold")
-    notes: list[str] = []
-    for host, report in reports.items():
-        release = report.get("model_dir", "").rstrip("/").split("/releases/")[-1][:12] or "-"
-        if not report.get("replicas"):
-            table.add_row(host, "-", report.get("problem", "no replicas")[:60], "no", "", "", "", "", "", "", release)
-        for replica in report.get("replicas", []):
-            uptime = replica.get("uptime_s")
-            table.add_row(host, str(replica["index"]), f"{replica['active_state']}/{replica['sub_state']}",
-                          "yes" if replica["ready"] else f"no ({replica.get('problem') or 'not listed'})",
-                          str(replica["tensor_parallel_size"]), replica["gpus"] or "CPU", str(replica["port"]),
-                          f"{uptime}s" if uptime is not None else "-", str(replica["restarts"]),
-                          (replica.get("last_cause") or "-")[:80], release)
-            if replica.get("dtype_note"):
-                notes.append(f"{host} replica {replica['index']} runs in {replica['dtype']}: {replica['dtype_note']}")
-    Console(width=180).print(table)
-    for note in dict.fromkeys(notes):
+        return 0 if all_ready(reports) else 1
+    Console(width=180).print(status_table(f"{config.model.name} on profile {config.profile}", reports))
+    for note in table_notes(reports):
         print(note)
-    return 0 if _all_ready(reports) else 1
+    return 0 if all_ready(reports) else 1
 
 
-def _all_ready(reports: dict) -> bool:
-    return bool(reports) and all(report.get("replicas") and all(r["ready"] for r in report["replicas"])
-                                 for report in reports.values())
+def status_table(title: str, reports: dict, caption: str | None = None):
+    from rich.table import Table
+
+    from fm9g_deploy.fleet_status import COLUMNS, table_rows
+
+    table = Table(title=title, caption=caption)
+    for column in COLUMNS:
+        table.add_column(column, overflow="fold")
+    for row in table_rows(reports):
+        table.add_row(*row)
+    return table
+
+
+def _watch(args: argparse.Namespace, config, inventory, desired) -> int:
+    """The table redrawn in place every --watch seconds; Ctrl-C ends it (exit 0)."""
+    import time
+
+    from rich.console import Console, Group
+    from rich.live import Live
+    from rich.text import Text
+
+    from fm9g_deploy.errors import OperationFailed
+    from fm9g_deploy.fleet_status import all_ready, table_notes, with_drift
+
+    title = f"{config.model.name} on profile {config.profile}"
+    reports: dict = {}
+    refreshes = 0
+    try:
+        with Live(console=Console(), auto_refresh=False) as live:
+            while True:
+                try:
+                    reports = with_drift(collect_status(inventory, config, args.limit), desired)
+                    caption = f"read at {time.strftime('%H:%M:%S')}, every {args.watch:g}s; Ctrl-C ends"
+                except OperationFailed as exc:
+                    # A host gone for a moment is what a watch is for: say so and keep watching.
+                    caption = f"reading failed at {time.strftime('%H:%M:%S')}: {exc}; showing the last read"
+                notes = Text("\n".join(table_notes(reports)))
+                live.update(Group(status_table(title, reports, caption), notes), refresh=True)
+                refreshes += 1
+                if args.count is not None and refreshes >= args.count:
+                    break
+                time.sleep(args.watch)
+    except KeyboardInterrupt:
+        return 0
+    return 0 if all_ready(reports) else 1
 
 
 def run_stop(args: argparse.Namespace) -> int:
