@@ -150,8 +150,10 @@ def _watch(args: argparse.Namespace, config, inventory, desired) -> int:
     title = f"{config.model.name} on profile {config.profile}"
     reports: dict = {}
     refreshes = 0
+    console = Console() if Console().is_terminal else Console(width=180)
     try:
-        with Live(console=Console(), auto_refresh=False) as live:
+        # Not a terminal (a pipe, a log): each read is printed after the last, nothing redrawn.
+        with Live(console=console, auto_refresh=False) if console.is_terminal else _Printer(console) as live:
             while True:
                 try:
                     reports = with_drift(collect_status(inventory, config, args.limit), desired)
@@ -168,6 +170,22 @@ def _watch(args: argparse.Namespace, config, inventory, desired) -> int:
     except KeyboardInterrupt:
         return 0
     return 0 if all_ready(reports) else 1
+
+
+class _Printer:
+    """Live's update() for output that is not a terminal: print each frame in turn."""
+
+    def __init__(self, console) -> None:
+        self.console = console
+
+    def __enter__(self) -> "_Printer":
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        return None
+
+    def update(self, renderable, refresh: bool = False) -> None:
+        self.console.print(renderable)
 
 
 def run_stop(args: argparse.Namespace) -> int:
