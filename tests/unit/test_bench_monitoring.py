@@ -103,3 +103,27 @@ def test_a_failed_host_command_is_told_by_its_module_message():
     output = 'gw1 | FAILED! => {\n    "changed": false,\n    "msg": "Could not find the requested service prometheus: host"\n}'
     assert bench.ansible_message(output) == "Could not find the requested service prometheus: host"
     assert bench.ansible_message("gw1 | UNREACHABLE!") == "gw1 | UNREACHABLE!"
+
+
+def test_rounds_noisier_than_the_goal_leave_the_overhead_unresolved():
+    assert bench.summarize(_rounds([100.0, 101.0, 60.0], [99.0, 99.5, 100.0]))["resolved"] is False
+    assert bench.summarize(_rounds([100.0, 100.0], [99.0, 99.0]))["resolved"] is True
+
+
+def test_the_cpu_share_counts_the_rounds_with_monitoring_on_only():
+    rounds = [{"monitoring": "on", "cpu": {"seconds": 20.0, "monitoring": 0.4, "busy": 36.0}},
+              {"monitoring": "off", "cpu": {"seconds": 20.0, "monitoring": 9.0, "busy": 36.0}},
+              {"monitoring": "on", "cpu": {"seconds": 30.0, "monitoring": 0.6, "busy": 54.0}}]
+    share = bench.cpu_share(rounds)
+    assert share["rounds"] == 2
+    assert share["monitoring_cores"] == pytest.approx(1.0 / 50)
+    assert share["busy_cores"] == pytest.approx(90.0 / 50)
+    assert share["share_percent"] == pytest.approx(1.0 / 90 * 100)
+    assert bench.cpu_share([{"monitoring": "off", "cpu": None}]) is None
+
+
+def test_the_cpu_queries_cover_the_rounds_window_and_every_monitoring_process():
+    queries = bench.cpu_queries(1796341839.5, 21.4)
+    assert queries["monitoring"] == ('sum(increase(process_cpu_seconds_total{job=~"prometheus|fm9g-node|fm9g-nginx|'
+                                     'fm9g-gateway-log"}[21s] @ 1796341839.500))')
+    assert queries["busy_by_host"] == 'sum by (host) (increase(node_cpu_seconds_total{mode!="idle"}[21s] @ 1796341839.500))'
