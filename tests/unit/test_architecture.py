@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import ast
-import importlib.util
-import io
 import json
 import os
 import sys
@@ -17,6 +15,7 @@ from fm9g_deploy.architecture import MAPPING_KEY, ORIGINAL_CONFIG, MappingError,
 from fm9g_deploy.catalog import get_model, load_catalog
 from fm9g_deploy.tinymodel import build_config
 from tests.conftest import PROJECT_ROOT
+from tests.unit.ansible_module import run_library_module
 
 TARGET = "MiniCPMForCausalLM"
 
@@ -118,21 +117,8 @@ def test_architecture_module_is_stdlib_only_and_linked_as_module_utils():
 # -- the Ansible module --------------------------------------------------------------------------
 
 def run_module(args: dict, monkeypatch, capsys, *, check_mode: bool = False) -> dict:
-    from ansible.module_utils import basic
-    from ansible.module_utils.common.text.converters import to_bytes
-
-    monkeypatch.setitem(sys.modules, "ansible.module_utils.fm9g_architecture", architecture)
-    spec = importlib.util.spec_from_file_location("fm9g_model_config", PROJECT_ROOT / "library" / "fm9g_model_config.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    payload = {"ANSIBLE_MODULE_ARGS": {**args, "_ansible_check_mode": check_mode, "_ansible_remote_tmp": "/tmp",
-                                       "_ansible_keep_remote_files": False}}
-    monkeypatch.setattr(basic, "_ANSIBLE_ARGS", to_bytes(json.dumps(payload)))
-    monkeypatch.setattr(basic, "_ANSIBLE_PROFILE", "legacy", raising=False)
-    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
-    with pytest.raises(SystemExit):
-        module.main()
-    return json.loads(capsys.readouterr().out)
+    return run_library_module("fm9g_model_config", args, monkeypatch, capsys, check_mode=check_mode,
+                              module_utils={"fm9g_architecture": architecture})[1]
 
 
 @pytest.fixture

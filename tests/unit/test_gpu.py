@@ -8,8 +8,6 @@ tests/fixtures/nvidia-smi/nvidia-smi-double.sh, a labelled test double that repl
 from __future__ import annotations
 
 import ast
-import importlib.util
-import io
 import json
 import os
 import sys
@@ -29,6 +27,7 @@ from fm9g_deploy.gpu import (
     version_tuple,
 )
 
+from tests.unit.ansible_module import run_library_module
 from tests.unit.nvidia_smi_fixtures import (
     SMI_FIXTURES,
     double_runner,
@@ -300,22 +299,10 @@ def test_module_utils_is_a_relative_link_to_the_parser():
 
 def run_module(args: dict, monkeypatch, capsys) -> dict:
     """Run library/fm9g_gpu_facts.py's main() with ``args`` and return its JSON result."""
-    from ansible.module_utils import basic
-    from ansible.module_utils.common.text.converters import to_bytes
-
     # Ansible ships module_utils/fm9g_gpu.py with the module; here the same file is fm9g_deploy.gpu.
-    monkeypatch.setitem(sys.modules, "ansible.module_utils.fm9g_gpu", gpu)
-    spec = importlib.util.spec_from_file_location("fm9g_gpu_facts", PROJECT_ROOT / "library" / "fm9g_gpu_facts.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    payload = {"ANSIBLE_MODULE_ARGS": {**args, "_ansible_remote_tmp": "/tmp", "_ansible_keep_remote_files": False}}
-    monkeypatch.setattr(basic, "_ANSIBLE_ARGS", to_bytes(json.dumps(payload)))
-    monkeypatch.setattr(basic, "_ANSIBLE_PROFILE", "legacy", raising=False)
-    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
-    with pytest.raises(SystemExit) as exited:
-        module.main()
-    assert exited.value.code == 0
-    return json.loads(capsys.readouterr().out)
+    code, result = run_library_module("fm9g_gpu_facts", args, monkeypatch, capsys, module_utils={"fm9g_gpu": gpu})
+    assert code == 0
+    return result
 
 
 def test_module_reports_the_h100(tmp_path, monkeypatch, capsys):

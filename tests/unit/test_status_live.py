@@ -7,10 +7,8 @@ from __future__ import annotations
 import argparse
 import http.server
 import importlib.util
-import io
 import json
 import shutil
-import sys
 import threading
 from types import SimpleNamespace
 
@@ -22,6 +20,7 @@ from fm9g_deploy.commands import status as status_command
 from fm9g_deploy.errors import UserError
 from fm9g_deploy.fleet_status import DesiredState, config_hash, release_of, table_notes, table_rows, with_drift
 from tests.conftest import PROJECT_ROOT
+from tests.unit.ansible_module import run_library_module
 
 
 def _load(name, path):
@@ -211,18 +210,8 @@ def test_no_pause_when_no_replica_answers():
 
 def _run_status_module(args, monkeypatch, capsys):
     """library/fm9g_replica_status.py's main(), in-process, with module_utils as Ansible ships it."""
-    from ansible.module_utils import basic
-    from ansible.module_utils.common.text.converters import to_bytes
-
-    monkeypatch.setitem(sys.modules, "ansible.module_utils.fm9g_replicas", replicas)
-    module = _load("fm9g_replica_status", PROJECT_ROOT / "library" / "fm9g_replica_status.py")
-    payload = {"ANSIBLE_MODULE_ARGS": {**args, "_ansible_remote_tmp": "/tmp", "_ansible_keep_remote_files": False}}
-    monkeypatch.setattr(basic, "_ANSIBLE_ARGS", to_bytes(json.dumps(payload)))
-    monkeypatch.setattr(basic, "_ANSIBLE_PROFILE", "legacy", raising=False)
-    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
-    with pytest.raises(SystemExit):
-        module.main()
-    return json.loads(capsys.readouterr().out)
+    return run_library_module("fm9g_replica_status", args, monkeypatch, capsys,
+                              module_utils={"fm9g_replicas": replicas})[1]
 
 
 def test_the_module_reports_each_replicas_metrics_and_deployed_spec(tmp_path, metrics_server, monkeypatch, capsys):
