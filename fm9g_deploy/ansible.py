@@ -205,7 +205,7 @@ def run_playbook(
         problems = reporter.problems
         if runner.rc != 0 and not problems:
             # Ansible stopped before any task ran (a syntax or inventory error): show its words.
-            problems = [_tail(runner.stdout.read() if hasattr(runner.stdout, "read") else "")]
+            problems = [_tail(_runner_output(runner))]
         return PlaybookResult(rc=runner.rc, stats=reporter.stats or {}, problems=problems)
     finally:
         shutil.rmtree(private, ignore_errors=True)
@@ -273,10 +273,24 @@ def _collect_stats(data: dict[str, Any]) -> dict[str, dict[str, int]]:
     return {host: {name: int((data.get(key) or {}).get(host, 0)) for key, name in keys.items()} for host in sorted(hosts)}
 
 
+def _runner_output(runner) -> str:
+    """What ansible-playbook printed, both streams: a YAML error in a playbook goes to stderr."""
+    from ansible_runner.exceptions import AnsibleRunnerException
+
+    said = []
+    for stream in ("stdout", "stderr"):
+        try:
+            handle = getattr(runner, stream)
+        except AnsibleRunnerException:  # the stream was never written
+            continue
+        said.append(handle.read() if hasattr(handle, "read") else "")
+    return "\n".join(said)
+
+
 def _tail(text: str) -> str:
     """The error lines of Ansible's output, joined into one line."""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    errors = [line for line in lines if "ERROR" in line] or lines[-3:]
+    errors = [line for line in lines if "ERROR" in line or line.startswith("Origin:")] or lines[-3:]
     return " ".join(errors)[:400] or "no output"
 
 
