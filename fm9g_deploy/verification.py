@@ -129,6 +129,7 @@ def build_facts(config: DeploymentConfig, inventory: Path, limit: str | None = N
         model_current=layout.model_current(config), model_sha256=pin["sha256"],
         served_model_name=config.serving.served_model_name, gateway_port=config.serving.port,
         config_dir=layout.CONFIG_DIR, hosts=hosts, api_key=api_key, serve_mode=config.serving.serve_mode,
+        monitoring_scrape_port=config.monitoring.scrape_port if config.monitoring.enabled else 0,
     )
 
 
@@ -245,7 +246,7 @@ def render(results: list[dict], *, console=None, title: str = "fm9g-deploy verif
             console.print(Text(tail), soft_wrap=True)
 
 
-AREAS = ("env", "gpu", "model", "service", "gateway", "api")
+AREAS = ("env", "gpu", "model", "service", "gateway", "monitoring", "api")
 
 
 def _area_order(area: str) -> int:

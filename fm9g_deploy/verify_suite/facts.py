@@ -72,6 +72,8 @@ class DeploymentFacts:
     api_key: str = field(repr=False)
     #: "systemd" (replica units of the host's env) or "container" (containers of the serving image).
     serve_mode: str = "systemd"
+    #: The metrics door's port (monitoring.scrape_port); 0 when monitoring is off.
+    monitoring_scrape_port: int = 0
 
     @property
     def env_python(self) -> str:
