@@ -54,7 +54,9 @@ def inventory_data(hosts, private_key: Path, mirror_url: str, gateway=None) -> d
     children = {"serving": {"hosts": host_vars}}
     if gateway is not None:
         # The fleet gateway host (`sandbox up --gateway`): playbooks/serve.yml's second play.
-        children["gateway"] = {"hosts": {f"gw{gateway.index}": _host_entry(gateway)}}
+        entry = _host_entry(gateway)
+        entry["fm9g_serving_address"] = gateway.name  # where Prometheus on another host scrapes it
+        children["gateway"] = {"hosts": {f"gw{gateway.index}": entry}}
     return {
         "all": {
             "vars": {

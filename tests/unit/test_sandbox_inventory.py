@@ -49,6 +49,7 @@ def test_the_gateway_host_is_in_its_own_group(tmp_path):
         "ansible_port": 2301,
         "fm9g_sandbox_container": "sb-gw1",
         "fm9g_sandbox_gateway_url": "http://127.0.0.1:8031",
+        "fm9g_serving_address": "sb-gw1",
     }}
     assert "gw1" not in children["serving"]["hosts"]
 
