@@ -175,3 +175,10 @@ def test_a_killed_engine_is_seen_down_and_restarted_by_prometheus(monitored, san
     assert wait_until(lambda: replica_serves(host, 8100), 300), "the replica did not come back"
     assert wait_until(lambda: float(query(gateway, restarts)[0]["value"][1]) == before + 1, 30, every=2)
     assert wait_until(lambda: not seen_down(), 60, every=2), "FM9GReplicaDown stayed after the replica came back"
+
+
+def test_verify_checks_the_exporters_and_the_doors(monitored):
+    inventory, _, _ = monitored
+    result = run_cli("verify", "-i", str(inventory), "-k", "monitoring", timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "10 passed, 0 failed, 0 skipped" in result.stdout, result.stdout[-3000:]
