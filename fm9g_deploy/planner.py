@@ -26,6 +26,9 @@ that hold it, in DeploymentPlan.multi_host_replicas; those hosts get no replica 
               counts the heaviest stage), and the KV cache of those layers only.
   "tensor":   TP over every GPU of the hosts, PP 1: the single-host formula at that TP.
 
+A profile that pipelines plans "tensor" for a model upstream vLLM serves as a class that cannot
+pipeline (architecture.NO_PIPELINE_PARALLEL: MiniCPM, so every FM9G model), saying why (span_mode).
+
 Without multi_host the model is refused as before, the message saying which profiles can span.
 """
 
@@ -257,8 +260,31 @@ def plan_deployment(
                           multi_host_replicas=multi_host)
 
 
+def span_mode(model: ModelSpec, profile: Profile) -> tuple[str, str | None]:
+    """How one replica of ``model`` spans hosts under ``profile`` ("pipeline" or "tensor"), and why it is
+    tensor where the profile would pipeline: the class upstream vLLM serves the model as may not pipeline."""
+    from fm9g_deploy.architecture import NO_PIPELINE_PARALLEL
+
+    mode = profile.multi_host
+    if mode == "pipeline" and profile.architecture_mapping == "upstream":
+        why = NO_PIPELINE_PARALLEL.get(model.upstream_architecture or "")
+        if why:
+            return "tensor", (f"tensor parallel across the hosts, not pipeline parallel: {model.name} is served as "
+                              f"{model.upstream_architecture}, and {why}")
+    return mode, None
+
+
+def launcher_text(profile: Profile) -> str:
+    """What starts a replica over hosts under ``profile``, in a plan's words."""
+    if profile.multi_host_launcher == "ray":
+        return "vLLM runs it on a Ray cluster of the hosts (the head's server with the Ray executor)"
+    return ("vLLM's own multi-node launcher runs it: the head's server is node rank 0, every other host runs a "
+            "headless worker that joins it")
+
+
 def _no_multi_host_hint(profile: Profile) -> str:
-    spanning = [name for name in profile_names() if load_profile(name).multi_host]
+    spanning = [name for name in profile_names()
+                if load_profile(name).multi_host and load_profile(name).accelerator == profile.accelerator]
     can = (f" (profile {' or '.join(spanning)} can run one replica over several hosts)" if spanning else "")
     return f"profile {profile.name} cannot span hosts{can}"
 
@@ -655,7 +681,7 @@ def _plan_multi_host(model: ModelSpec, profile: Profile, serving: ServingConfig,
                      refused: list[_HostTooSmall]) -> tuple[MultiHostReplicaPlan, dict[str, HostPlan]]:
     """One replica over the fewest hosts of one kind that hold it (``refused``: every host, each too
     small alone, in inventory order), and every host's plan; UserError where the fleet cannot."""
-    mode = profile.multi_host
+    mode, why_tensor = span_mode(model, profile)
     shapes = [exc.shape for exc in refused]
     if len(shapes) == 1:  # nothing to span: the host's own refusal, and what spanning would take
         raise UserError(_fleet_does_not_fit(model, profile, serving, refused, [shapes]))
@@ -706,10 +732,12 @@ def _plan_multi_host(model: ModelSpec, profile: Profile, serving: ServingConfig,
     if mode == "pipeline":
         notes.append(f"layout: tensor parallel within each host (TP {tp}), pipeline parallel across the hosts "
                      f"(PP {pp}, one stage per host in the order listed, at most {model.stage_layers(pp)} of the "
-                     f"{model.num_layers} layers each); vLLM runs it on a Ray cluster or its own multi-node launcher")
+                     f"{model.num_layers} layers each); {launcher_text(profile)}")
     else:
         notes.append(f"layout: tensor parallel across the hosts (TP {tp}: {per_host} GPU(s) on each of the {count} "
-                     f"hosts, PP 1); the profile's vLLM runs it with its Ray executor over the hosts")
+                     f"hosts, PP 1); {launcher_text(profile)}")
+    if why_tensor:
+        notes.append(why_tensor)
     notes.append(f"per GPU: {_gib_bytes(memory.weights)} weights + {_gib_bytes(memory.kv_cache_one_sequence)} KV "
                  f"cache of one {max_model_len}-token sequence + {_gib_bytes(memory.reserve)} reserve of a "
                  f"{_gib_bytes(memory.budget)} budget (gpu_memory_utilization {head.utilization:g} x {size}); "
@@ -735,7 +763,8 @@ def _plan_multi_host(model: ModelSpec, profile: Profile, serving: ServingConfig,
     host_plans: dict[str, HostPlan] = {}
     for stage, shape in enumerate(spanned):
         used = shape.gpus[:per_host]
-        role = (f"pipeline stage {stage + 1} of {pp}" if mode == "pipeline" else "Ray worker" if stage else "")
+        role = (f"pipeline stage {stage + 1} of {pp}" if mode == "pipeline" else f"worker, node rank {stage}"
+                if stage else "")
         if stage == 0:
             role = f"{role + ', ' if role else ''}the head: the API on port {port}"
         host_notes = shape.notes + [
@@ -774,7 +803,7 @@ def _fleet_does_not_fit(model: ModelSpec, profile: Profile, serving: ServingConf
                         groups: list[list[_HostShape]]) -> str:
     """The UserError text where no hosts of one kind hold one replica: what fails at the most hosts
     there are of a kind, and how many would do."""
-    mode = profile.multi_host
+    mode, _ = span_mode(model, profile)
     group = max(groups, key=len)  # the first of the largest
     shape = group[0]
     more = _more_hosts_text(model, mode, serving, shape)

@@ -156,6 +156,10 @@ class Profile(_Strict):
     #: host has: "pipeline" (tensor parallel within a host, pipeline parallel across hosts), "tensor"
     #: (tensor parallel across hosts), or None (it cannot: the planner refuses such a model).
     multi_host: Literal["pipeline", "tensor"] | None = None
+    #: What starts a replica over several hosts: "mp" (vLLM's own multi-node launcher: the head runs
+    #: the API server with --nnodes/--node-rank, every other host a headless worker) or "ray" (a Ray
+    #: cluster of the hosts, the head's server with --distributed-executor-backend ray).
+    multi_host_launcher: Literal["mp", "ray"] | None = None
 
     @field_validator("platform")
     @classmethod
@@ -163,6 +167,13 @@ class Profile(_Strict):
         if not _MANYLINUX.match(value):
             raise ValueError(f"{value!r} is not a manylinux_<major>_<minor>_<arch> tag")
         return value
+
+    @model_validator(mode="after")
+    def _multi_host_has_a_launcher(self) -> Profile:
+        if bool(self.multi_host) != bool(self.multi_host_launcher):
+            raise ValueError("multi_host and multi_host_launcher go together: a profile that spans hosts says "
+                             "what starts the replica over them (mp or ray), and one that does not sets neither")
+        return self
 
     @model_validator(mode="after")
     def _conda_section_fits_the_env(self) -> Profile:

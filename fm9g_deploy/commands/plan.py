@@ -20,9 +20,10 @@ in every GPU. The smallest TP that fits wins, which gives the most replicas.
                                            plan a hypothetical fleet of 2 such hosts (host1, host2)
 
 When no host holds the model alone and the profile's vLLM can span hosts (cuda130: tensor
-parallel within a host, pipeline parallel across hosts; cuda121: tensor parallel across hosts),
-the plan is one replica over the fewest identical hosts that hold it (multi_host_replicas in
---json). deploy does not serve such a replica yet.
+parallel within a host, pipeline parallel across hosts, but tensor parallel across them for FM9G,
+which upstream vLLM serves as MiniCPM and cannot pipeline; cuda121: tensor parallel across hosts
+on Ray), the plan is one replica over the fewest identical hosts that hold it
+(multi_host_replicas in --json). deploy does not serve such a replica yet.
 
 Override any choice in the config's `serving` section (tensor_parallel_size, replicas_per_host,
 gpu_memory_utilization, max_model_len); an override that cannot work is refused. Hosts without

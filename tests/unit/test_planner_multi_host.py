@@ -29,12 +29,27 @@ def plan_fleet(gpus: str, hosts: int, model: str = "fm9g-70b", profile: str = "c
     return plan_deployment(config(model, profile, **serving), fleet(gpus, hosts), check_driver=False)
 
 
+@pytest.fixture
+def pipelining_minicpm(monkeypatch):
+    """An upstream vLLM whose MiniCPM could pipeline (hypothetical: vLLM 0.25 and 0.32 cannot), so the
+    planner's pipeline layout is checked with the catalog's real model sizes."""
+    monkeypatch.setattr("fm9g_deploy.architecture.NO_PIPELINE_PARALLEL", {})
+
+
 # -- the profiles say how they span hosts ----------------------------------------------------------
 
 def test_profiles_say_how_they_span_hosts():
-    assert load_profile("cuda130").multi_host == "pipeline"
-    assert load_profile("cuda121").multi_host == "tensor"
-    assert load_profile("cpu").multi_host is None
+    assert (load_profile("cuda130").multi_host, load_profile("cuda130").multi_host_launcher) == ("pipeline", "mp")
+    assert (load_profile("cuda121").multi_host, load_profile("cuda121").multi_host_launcher) == ("tensor", "ray")
+    assert (load_profile("cpu").multi_host, load_profile("cpu").multi_host_launcher) == ("tensor", "mp")
+
+
+@pytest.mark.parametrize("change", [{"multi_host_launcher": None}, {"multi_host": None},
+                                    {"multi_host_launcher": "slurm"}])
+def test_a_profile_that_spans_hosts_names_its_launcher(change):
+    data = load_profile("cuda130").model_dump()
+    with pytest.raises(ValueError, match="multi_host"):
+        type(load_profile("cuda130")).model_validate(data | change)
 
 
 def test_multi_host_is_strict():
@@ -45,7 +60,17 @@ def test_multi_host_is_strict():
 
 # -- 70B on two hosts of 2 x A100 80GB -------------------------------------------------------------
 
-def test_70b_on_two_hosts_pipeline_under_cuda130():
+def test_70b_under_cuda130_is_tensor_parallel_across_hosts_as_minicpm_cannot_pipeline():
+    replica = plan_fleet("2xA100-80GB", 2).multi_host_replicas[0]
+    assert replica.parallelism == "tensor"
+    assert (replica.tensor_parallel_size, replica.pipeline_parallel_size, replica.gpus_per_host) == (4, 1, 2)
+    text = " ".join(replica.notes)
+    assert ("tensor parallel across the hosts, not pipeline parallel: fm9g-70b is served as MiniCPMForCausalLM, and "
+            "upstream vLLM's MiniCPM passes no residual between pipeline stages") in text
+    assert "multi-node launcher" in text and "Ray" not in text
+
+
+def test_70b_on_two_hosts_pipeline_under_cuda130(pipelining_minicpm):
     plan = plan_fleet("2xA100-80GB", 2)
     assert len(plan.multi_host_replicas) == 1
     replica = plan.multi_host_replicas[0]
@@ -88,10 +113,11 @@ def test_70b_on_two_hosts_tensor_under_cuda121():
     assert replica.memory_per_gpu == one_host.hosts["h"].memory_per_gpu
     text = " ".join(replica.notes)
     assert all(word in text for word in INTERCONNECT_WORDS) and "far more demanding" in text
-    assert any("Ray worker" in note for note in plan.hosts["host2"].notes)
+    assert any("worker, node rank 1" in note for note in plan.hosts["host2"].notes)
+    assert "on a Ray cluster of the hosts" in text
 
 
-def test_the_json_of_a_plan_over_hosts():
+def test_the_json_of_a_plan_over_hosts(pipelining_minicpm):
     data = json.loads(json.dumps(plan_fleet("2xA100-80GB", 2).to_dict()))
     assert [host["replicas"] for host in data["hosts"].values()] == [[], []]
     replica = data["multi_host_replicas"][0]
@@ -126,20 +152,20 @@ def test_hosts_with_other_gpus_are_left_as_they_are():
     assert any("differ from the replica's hosts'" in note for note in plan.hosts["odd"].notes)
 
 
-def test_more_hosts_of_one_gpu_each():
+def test_more_hosts_of_one_gpu_each(pipelining_minicpm):
     replica = plan_fleet("1xA100-40GB", 8).multi_host_replicas[0]
     assert (replica.tensor_parallel_size, replica.pipeline_parallel_size, replica.max_model_len) == (1, 8, 32768)
     tensor = plan_fleet("1xA100-40GB", 8, profile="cuda121").multi_host_replicas[0]
     assert (tensor.tensor_parallel_size, tensor.pipeline_parallel_size) == (8, 1)
 
 
-def test_too_few_hosts_for_the_full_context_shorten_it():
+def test_too_few_hosts_for_the_full_context_shorten_it(pipelining_minicpm):
     replica = plan_fleet("1xA100-40GB", 5).multi_host_replicas[0]
     assert replica.pipeline_parallel_size == 5 and replica.max_model_len == 4096
     assert any("reduced from 32768 to 4096" in note and "8 such hosts would hold it" in note for note in replica.notes)
 
 
-def test_tensor_parallel_size_override_applies_within_a_host():
+def test_tensor_parallel_size_override_applies_within_a_host(pipelining_minicpm):
     replica = plan_fleet("2xA100-80GB", 4, tensor_parallel_size=1).multi_host_replicas[0]
     assert (replica.tensor_parallel_size, replica.pipeline_parallel_size, replica.gpus_per_host) == (1, 4, 1)
     assert replica.gpus == {f"host{i}": [0] for i in range(1, 5)}
@@ -268,7 +294,7 @@ def test_cli_plans_a_fleet_of_hypothetical_hosts(capsys):
         ["host1", "host2"], 4, 1)
 
 
-def test_cli_pipeline_layout_with_a_cuda130_config(tmp_path, capsys):
+def test_cli_pipeline_layout_with_a_cuda130_config(tmp_path, capsys, pipelining_minicpm):
     (tmp_path / "fm9g.yml").write_text("profile: cuda130\n")
     code, out, _ = run(capsys, "--config", str(tmp_path / "fm9g.yml"), "--model", "fm9g-70b",
                        "--gpus", "2xA100-80GB", "--hosts", "2", "--json")
@@ -283,7 +309,7 @@ def test_cli_table_shows_the_spanning_replica_and_its_notes(capsys):
     assert ("replica over host1, host2: head host1, port 8100, tensor parallel: tensor_parallel_size 4, "
             "pipeline_parallel_size 1, 2 GPU(s) per host, gpu_memory_utilization 0.9, max_model_len 32768") in out
     assert "replica over host1, host2: interconnect:" in out and "NCCL_SOCKET_IFNAME" in out
-    assert "host2: GPU(s) 0, 1 serve the replica over host1, host2 (Ray worker)" in out
+    assert "host2: GPU(s) 0, 1 serve the replica over host1, host2 (worker, node rank 1)" in out
 
 
 def test_cli_one_host_keeps_its_name(capsys):
@@ -306,7 +332,7 @@ def test_cli_bad_hosts_is_one_line_and_exit_2(capsys, argv, message):
 
 # -- deploy and verify refuse what they cannot serve ---------------------------------------------------
 
-def test_refuse_multi_host_names_the_hosts():
+def test_refuse_multi_host_names_the_hosts(pipelining_minicpm):
     with pytest.raises(UserError) as refused:
         refuse_multi_host(plan_fleet("2xA100-80GB", 2), "deploy")
     message = str(refused.value)
