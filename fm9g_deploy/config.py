@@ -98,6 +98,10 @@ class ServingConfig(_Strict):
     # Planner overrides: leave unset to let the planner choose per host.
     tensor_parallel_size: Annotated[int, Field(ge=1, le=64)] | None = None
     replicas_per_host: Annotated[int, Field(ge=1, le=64)] | None = None
+    #: CPU profiles: one replica over the first N serving hosts, tensor parallel across them (the
+    #: sandbox's rehearsal of a GPU fleet's replica over hosts). GPU fleets leave it unset: the
+    #: planner spans hosts where no host holds the model alone.
+    hosts_per_replica: Annotated[int, Field(ge=2, le=64)] | None = None
     gpu_memory_utilization: Annotated[float, Field(gt=0.0, le=1.0, allow_inf_nan=False)] | None = None
     max_model_len: Annotated[int, Field(ge=16, le=MAX_MODEL_LEN)] | None = None
     #: KV-cache space in GiB for CPU hosts (vLLM's VLLM_CPU_KVCACHE_SPACE).

@@ -167,12 +167,13 @@ class MultiHostReplicaPlan:
     tensor_parallel_size: int
     pipeline_parallel_size: int
     gpus_per_host: int
-    #: Each host's GPUs in the replica (nvidia-smi indices).
+    #: Each host's GPUs in the replica (nvidia-smi indices); none on CPU hosts.
     gpus: dict[str, list[int]]
-    gpu_memory_utilization: float
+    gpu_memory_utilization: float | None
     max_model_len: int
     port: int
-    memory_per_gpu: GpuMemoryPlan
+    #: None on CPU hosts.
+    memory_per_gpu: GpuMemoryPlan | None
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -187,7 +188,7 @@ class MultiHostReplicaPlan:
             "gpu_memory_utilization": self.gpu_memory_utilization,
             "max_model_len": self.max_model_len,
             "port": self.port,
-            "memory_per_gpu": self.memory_per_gpu.to_dict(),
+            "memory_per_gpu": self.memory_per_gpu.to_dict() if self.memory_per_gpu else None,
             "notes": list(self.notes),
         }
 
@@ -215,7 +216,7 @@ def refuse_multi_host(plan: DeploymentPlan, command: str) -> None:
     raise UserError(
         f"{command}: the plan spans hosts: one {plan.model} replica over {', '.join(replica.hosts)} "
         f"(TP {replica.tensor_parallel_size} x PP {replica.pipeline_parallel_size}); serving one replica across "
-        "hosts (a Ray cluster) is not built yet; use hosts that each fit the model, or run `fm9g-deploy plan` "
+        "hosts is not built yet; use hosts that each fit the model, or run `fm9g-deploy plan` "
         "to see the layout"
     )
 
@@ -245,6 +246,10 @@ def plan_deployment(
         except _HostTooSmall as exc:
             too_small[host] = exc
     multi_host: list[MultiHostReplicaPlan] = []
+    if config.serving.hosts_per_replica:
+        replica, host_plans = _plan_cpu_span(model, profile, config.serving, list(facts), hosts)
+        hosts.update(host_plans)
+        multi_host.append(replica)
     if too_small:
         first = too_small[min(too_small)]
         if not profile.multi_host:
@@ -832,6 +837,55 @@ def _fleet_does_not_fit(model: ModelSpec, profile: Profile, serving: ServingConf
 
 
 # -- CPU hosts ----------------------------------------------------------------------------------
+
+def _plan_cpu_span(model: ModelSpec, profile: Profile, serving: ServingConfig, order: list[str],
+                   hosts: dict[str, HostPlan]) -> tuple[MultiHostReplicaPlan, dict[str, HostPlan]]:
+    """serving.hosts_per_replica on CPU hosts: one replica over the first N of ``order`` (inventory
+    order), tensor parallel across them, one rank per host; the other hosts keep their own replicas."""
+    count = serving.hosts_per_replica
+    setting = f"serving.hosts_per_replica {count}"
+    if profile.accelerator != "cpu":
+        raise UserError(f"{setting}: on GPU hosts a replica spans hosts only where no host holds {model.name} "
+                        "alone, as the planner decides; remove hosts_per_replica (it is the CPU profile's "
+                        "rehearsal of that layout)")
+    if not profile.multi_host:
+        raise UserError(f"{setting}: profile {profile.name} cannot span hosts; remove hosts_per_replica")
+    if count > len(order):
+        raise UserError(f"{setting}: the plan has only {len(order)} serving host(s) ({', '.join(order)}); add hosts, "
+                        "lower hosts_per_replica, or drop --limit")
+    if serving.replicas_per_host not in (None, 1):
+        raise UserError(f"{setting} with replicas_per_host {serving.replicas_per_host}: a host in a replica over "
+                        "hosts runs one rank of it and no replica of its own; remove one of them")
+    if count not in model.tensor_parallel_sizes(count):
+        raise UserError(f"{setting}: tensor parallel {count} cannot shard {model.name} ({model.num_attention_heads} "
+                        f"attention heads, {model.num_kv_heads} KV heads); choose a size that divides them")
+    names = order[:count]
+    head = hosts[names[0]]
+    port = serving.replica_base_port
+    max_model_len = head.replicas[0].max_model_len
+    notes = [
+        f"{setting}: one replica over {', '.join(names)}, tensor parallel across them (TP {count}, one rank per "
+        f"host, PP 1); the head, {names[0]}, serves it on port {port}",
+        launcher_text(profile),
+        "interconnect: tensor-parallel all-reduces cross the hosts' network in every layer at every step (gloo "
+        "on CPUs); GLOO_SOCKET_IFNAME must name that network's interface and VLLM_HOST_IP each host's address "
+        "on it",
+        "a rehearsal on CPUs of a GPU fleet's replica over hosts: the same launch, units and checks",
+        "deploy does not serve a replica over several hosts yet: this layout is a plan only",
+    ]
+    host_plans: dict[str, HostPlan] = {}
+    for rank, name in enumerate(names):
+        role = f"the head: the API on port {port}" if rank == 0 else f"worker, node rank {rank}"
+        host_plans[name] = HostPlan(host=name, accelerator="cpu", tensor_parallel_size=count, replicas=[],
+                                    notes=hosts[name].notes + [f"serves the replica over {', '.join(names)} "
+                                                               f"({role}); no replica of its own"])
+    replica = MultiHostReplicaPlan(
+        hosts=names, parallelism="tensor", tensor_parallel_size=count, pipeline_parallel_size=1, gpus_per_host=0,
+        gpus={name: [] for name in names}, gpu_memory_utilization=None, max_model_len=max_model_len, port=port,
+        memory_per_gpu=None, notes=notes,
+    )
+    return replica, host_plans
+
 
 def _plan_cpu_host(host: str, model: ModelSpec, serving: ServingConfig) -> HostPlan:
     if serving.tensor_parallel_size not in (None, 1):

@@ -204,10 +204,11 @@ def _print_table(plan) -> None:
             console.print(f"{host.host}: {note}", soft_wrap=True)
     for replica in plan.multi_host_replicas:
         name = f"replica over {', '.join(replica.hosts)}"
+        where = (f"{replica.gpus_per_host} GPU(s) per host, gpu_memory_utilization "
+                 f"{replica.gpu_memory_utilization:g}" if replica.gpus_per_host else "CPU")
         console.print(f"{name}: head {replica.hosts[0]}, port {replica.port}, {replica.parallelism} parallel: "
                       f"tensor_parallel_size {replica.tensor_parallel_size}, pipeline_parallel_size "
-                      f"{replica.pipeline_parallel_size}, {replica.gpus_per_host} GPU(s) per host, "
-                      f"gpu_memory_utilization {replica.gpu_memory_utilization:g}, max_model_len "
-                      f"{replica.max_model_len}", soft_wrap=True)
+                      f"{replica.pipeline_parallel_size}, {where}, max_model_len {replica.max_model_len}",
+                      soft_wrap=True)
         for note in replica.notes:
             console.print(f"{name}: {note}", soft_wrap=True)

@@ -338,7 +338,7 @@ def test_refuse_multi_host_names_the_hosts(pipelining_minicpm):
     message = str(refused.value)
     assert "\n" not in message
     assert message.startswith("deploy: the plan spans hosts: one fm9g-70b replica over host1, host2 (TP 2 x PP 2); "
-                              "serving one replica across hosts (a Ray cluster) is not built yet")
+                              "serving one replica across hosts is not built yet")
 
 
 def test_deploy_refuses_a_plan_over_hosts_before_running_anything(tmp_path, monkeypatch, capsys):
@@ -377,3 +377,76 @@ def test_hosts_that_all_differ_cannot_span():
                                         r"to span with profile cuda130 \(a: 2 x 80 GiB A100-80GB, b: 1 x 80 GiB "
                                         r"A100-80GB\); of a's kind 2 such hosts would hold it$"):
         plan_deployment(config(), facts, check_driver=False)
+
+
+# -- serving.hosts_per_replica: the CPU profile's rehearsal of a replica over hosts ---------------------
+
+def cpu_fleet(count: int) -> dict:
+    from fm9g_deploy.gpu import HostGpuFacts
+
+    return {f"host{i}": HostGpuFacts(problem="nvidia-smi not found") for i in range(1, count + 1)}
+
+
+def test_cpu_hosts_per_replica_spans_the_first_hosts_tensor_parallel():
+    facts = cpu_fleet(3)
+    plan = plan_deployment(config("tiny-random", "cpu", hosts_per_replica=2), facts)
+    [replica] = plan.multi_host_replicas
+    assert (replica.hosts, replica.parallelism, replica.tensor_parallel_size, replica.pipeline_parallel_size) == (
+        ["host1", "host2"], "tensor", 2, 1)
+    assert (replica.gpus, replica.gpus_per_host, replica.memory_per_gpu, replica.port) == (
+        {"host1": [], "host2": []}, 0, None, 8100)
+    single = plan_deployment(config("tiny-random", "cpu"), {"h": facts["host1"]})
+    assert replica.max_model_len == single.hosts["h"].replicas[0].max_model_len
+    assert [plan.hosts[h].replicas for h in ("host1", "host2")] == [[], []]
+    assert len(plan.hosts["host3"].replicas) == 1  # the host left out keeps its own replica
+    assert any("the head: the API on port 8100" in note for note in plan.hosts["host1"].notes)
+    assert any("worker, node rank 1" in note for note in plan.hosts["host2"].notes)
+    text = " ".join(replica.notes)
+    assert "GLOO_SOCKET_IFNAME" in text and "VLLM_HOST_IP" in text and "multi-node launcher" in text
+    assert json.loads(json.dumps(plan.to_dict()))["multi_host_replicas"][0]["memory_per_gpu"] is None
+
+
+def test_cpu_hosts_per_replica_keeps_inventory_order():
+    from fm9g_deploy.gpu import HostGpuFacts
+
+    facts = {name: HostGpuFacts(problem="nvidia-smi not found") for name in ("zeta", "alpha")}
+    plan = plan_deployment(config("tiny-random", "cpu", hosts_per_replica=2), facts)
+    assert plan.multi_host_replicas[0].hosts == ["zeta", "alpha"]
+
+
+@pytest.mark.parametrize(("serving", "facts", "message"), [
+    ({"hosts_per_replica": 3}, 2, r"^serving.hosts_per_replica 3: the plan has only 2 serving host\(s\) \(host1, host2\); "
+                                  r"add hosts, lower hosts_per_replica, or drop --limit$"),
+    ({"hosts_per_replica": 2, "replicas_per_host": 2}, 2,
+     r"^serving.hosts_per_replica 2 with replicas_per_host 2: a host in a replica over hosts runs one rank"),
+    ({"hosts_per_replica": 3}, 3, r"^serving.hosts_per_replica 3: tensor parallel 3 cannot shard tiny-random \(2 "
+                                  r"attention heads, 1 KV heads\)"),
+])
+def test_cpu_hosts_per_replica_refusals_are_one_line(serving, facts, message):
+    with pytest.raises(UserError, match=message) as refused:
+        plan_deployment(config("tiny-random", "cpu", **serving), cpu_fleet(facts))
+    assert "\n" not in str(refused.value)
+
+
+def test_hosts_per_replica_is_the_cpu_rehearsal_only():
+    with pytest.raises(UserError, match=r"^serving.hosts_per_replica 2: on GPU hosts a replica spans hosts only where "
+                                        r"no host holds fm9g-4b alone, as the planner decides; remove"):
+        plan_deployment(config("fm9g-4b", "cuda130", hosts_per_replica=2), fleet("1xA100-80GB", 2), check_driver=False)
+
+
+@pytest.mark.parametrize("value", [1, 0, 65])
+def test_hosts_per_replica_is_checked_by_the_config(value):
+    with pytest.raises(ValueError, match="hosts_per_replica"):
+        config("tiny-random", "cpu", hosts_per_replica=value)
+
+
+def test_cli_table_of_a_cpu_replica_over_hosts(tmp_path, capsys, monkeypatch):
+    facts = cpu_fleet(2)  # as two hosts without nvidia-smi answer
+    monkeypatch.setattr("fm9g_deploy.commands.plan._gather_facts", lambda args, serve_mode: (facts, {}))
+    (tmp_path / "hosts.yml").write_text("all:\n  children:\n    serving:\n      hosts: {host1: {}, host2: {}}\n")
+    (tmp_path / "fm9g.yml").write_text("model: {name: tiny-random}\nprofile: cpu\nserving: {hosts_per_replica: 2}\n")
+    code, out, err = run(capsys, "-i", str(tmp_path / "hosts.yml"))
+    assert code == 0, err
+    assert ("replica over host1, host2: head host1, port 8100, tensor parallel: tensor_parallel_size 2, "
+            "pipeline_parallel_size 1, CPU, max_model_len") in out
+    assert "host2: serves the replica over host1, host2 (worker, node rank 1); no replica of its own" in out
