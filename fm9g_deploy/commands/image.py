@@ -143,7 +143,8 @@ def run_build(args: argparse.Namespace) -> int:
         for line in smoke.logs_tail[-8:]:
             console.print(f"  | {line}", markup=False)
         raise OperationFailed(f"smoke test of {plan.tag} failed: {smoke.problem}")
-    console.print(f"smoke test passed in {smoke.seconds:.0f}s (completion: {smoke.completion!r})", markup=False)
+    served = f", served in {smoke.dtype}" if smoke.dtype else ""
+    console.print(f"smoke test passed in {smoke.seconds:.0f}s (completion: {smoke.completion!r}{served})", markup=False)
     print(plan.tag)
     return 0
 

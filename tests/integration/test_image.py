@@ -58,6 +58,10 @@ def test_build_is_tagged_with_profile_and_lock_and_passes_its_smoke_test(built, 
     assert manifest["image_id"] == image.id and manifest["size_bytes"] == image.attrs["Size"]
     assert manifest["smoke_test"]["passed"] is True, manifest["smoke_test"]
     assert "smoke test passed" in result.stderr
+    # served in the dtype the image's engine probe found to run on this machine (float32 where bf16 faults)
+    smoke = manifest["smoke_test"]
+    assert smoke["dtype"] in ("bfloat16", "float32") and f"served in {smoke['dtype']}" in result.stderr
+    assert (smoke["dtype"] == "float32") == bool(smoke["dtype_note"]), smoke
     assert image.attrs["Config"]["User"] == "10001:10001", "the server must not run as root"
     assert image.labels["io.fm9g.lock-sha256"] == lock_sha256("cpu")
     # the smoke test cleans up after itself
