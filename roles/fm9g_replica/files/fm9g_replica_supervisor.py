@@ -13,7 +13,14 @@ memory, restarts with exponential backoff, and gives up (exit --give-up-exit-cod
 on a crash loop. Its state (and crash history, which survives the supervisor being
 restarted) lives in a small JSON file. Standard library only; Python 3.8+.
 
+One replica over several hosts: every node's supervisor serves its state on --status-listen; the
+head's (node rank 0) names the other nodes' with --peer, each other node's names the head's with
+--head and runs its engine headless (no health URL). fm9g_replica_nodes.py keeps them in step: a
+node that restarts restarts the head's engine, a head that restarts restarts its nodes', and such a
+restart of a node's engine is the head's doing, not a crash of its own.
+
 Usage: fm9g_replica_supervisor.py --state-file PATH --port PORT [options] -- VLLM_ARGV...
+       fm9g_replica_supervisor.py --state-file PATH --head URL --status-listen ADDR:PORT ... -- ...
 """
 
 import argparse
@@ -48,6 +55,14 @@ def log(message):
     sys.stderr.flush()
 
 
+def node_link():
+    """fm9g_replica_nodes.py, installed beside this file: only a replica over hosts needs it."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import fm9g_replica_nodes
+
+    return fm9g_replica_nodes
+
+
 # ---------------------------------------------------------------- command line
 
 class _Parser(argparse.ArgumentParser):
@@ -78,7 +93,7 @@ def parse_args(argv):
     p = _Parser(prog="fm9g_replica_supervisor.py", allow_abbrev=False,
                 description="Run vLLM as a child and restart it whenever it ends unasked.")
     p.add_argument("--state-file", required=True)
-    p.add_argument("--port", required=True, type=_number(int, 1))
+    p.add_argument("--port", type=_number(int, 1), help="the API server's port (not on a headless node)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--health-path", default="/health")
     p.add_argument("--health-interval", type=_number(float, 0, strict=True), default=5.0)
@@ -93,10 +108,29 @@ def parse_args(argv):
     p.add_argument("--textfile", help="also write the state as Prometheus text here (node exporter's textfile "
                                       "collector): restarts, crash-loop failure, serving")
     p.add_argument("--replica", type=_number(int, 0), default=0, help="the replica label of --textfile's metrics")
+    p.add_argument("--node-rank", type=_number(int, 0), default=0,
+                   help="this node's rank in a replica over several hosts (0: the head)")
+    p.add_argument("--status-listen", metavar="ADDR:PORT", help="serve this node's state as JSON on /status here")
+    p.add_argument("--peer", action="append", default=[], metavar="URL",
+                   help="the head: another node's /status URL (repeat, in node rank order)")
+    p.add_argument("--head", metavar="URL", help="a headless node: the head's /status URL")
     opts = p.parse_args(options)
     if not child_argv:
         p.error("no vLLM command after '--'")
-    if opts.port > 65535 or opts.give_up_exit_code > 255:
+    if opts.head and opts.peer:
+        p.error("--head (a headless node) and --peer (the head) exclude each other")
+    if (opts.head or opts.peer) and not opts.status_listen:
+        p.error("a node of a replica over hosts needs --status-listen")
+    if bool(opts.head) != (opts.node_rank > 0):
+        p.error("--head goes with a --node-rank above 0, and only there")
+    if opts.port is None and not opts.head:
+        p.error("--port is required (only a headless node, with --head, has none)")
+    if opts.status_listen:
+        try:
+            node_link().parse_listen(opts.status_listen)
+        except ValueError as exc:
+            p.error("--status-listen: %s" % exc)
+    if (opts.port or 1) > 65535 or opts.give_up_exit_code > 255:
         p.error("--port must be <= 65535 and --give-up-exit-code <= 255")
     return opts, child_argv
 
@@ -292,25 +326,48 @@ class Supervisor:
         self.stop = threading.Event()
         self.stop_signal = None
         self.child = None
-        self.url = "http://%s:%d%s" % (opts.host, opts.port, opts.health_path)
+        self.url = "http://%s:%d%s" % (opts.host, opts.port, opts.health_path) if opts.port else None
+        # A replica over hosts: the head watches its nodes, a node its head (fm9g_replica_nodes.py).
+        nodes = node_link() if opts.status_listen else None
+        self.view = nodes.HeadView(opts.peer, opts.health_failures, opts.health_timeout) if opts.peer else None
+        self.link = nodes.NodeLink(opts.head, opts.health_failures, opts.health_timeout) if opts.head else None
+        self.generation = None
+        self.joined = None
+        self.peer_cause = None
+        self.status_server = None
+
+    def snapshot(self):
+        """What --status-listen serves: this node's state and engine generation."""
+        data = self.state.data
+        return {"node_rank": self.opts.node_rank, "state": data.get("state"), "generation": self.generation,
+                "joined": self.joined, "last_cause": data.get("last_cause"), "restarts": data.get("restarts")}
 
     def request_stop(self, signum, _frame):
         self.stop_signal = signal.Signals(signum).name
         self.stop.set()
 
     def run(self):
+        if self.opts.status_listen:
+            self.status_server = node_link().StatusServer(self.opts.status_listen, self.snapshot).start()
         crashes = prune(self.state.data["crashes"], time.time(), self.opts.crash_window)
         self.state.data["crashes"] = crashes
         if len(crashes) >= self.opts.crash_limit:
             return self.give_up(crashes[-1]["cause"])
         first = True
         while not self.stop.is_set():
+            if self.link and not self.wait_for_head():
+                break
             if not first:
                 self.state.data["restarts"] += 1
             first = False
             outcome = self.run_child()
             if outcome is None:
                 break
+            if self.peer_cause:  # the head's engine went: not this node's crash
+                log("restarting with the head: " + self.peer_cause)
+                self.state.write(state="restarting", last_cause=self.peer_cause, last_exit=outcome[1])
+                self.peer_cause = None
+                continue
             delay = self.record_crash(*outcome)
             if delay is None:
                 return self.give_up(outcome[0])
@@ -323,34 +380,64 @@ class Supervisor:
         log("stopped")
         return 0
 
+    def wait_for_head(self):
+        """A headless node: wait for a head's engine to join; False when asked to stop first."""
+        self.state.write(state="waiting", pid=None, started_at=None, serving_since=None, next_start_at=None)
+        said = False
+        while not self.stop.wait(0 if not said else self.opts.health_interval):
+            generation = self.link.joinable(self.joined)
+            if generation:
+                self.joined = generation
+                log("joining the head's engine %s" % generation)
+                return True
+            if not said:
+                head = self.link.last
+                log("waiting for the head's engine to start (head: %s)"
+                    % ("unreachable" if head is None else head.get("state")))
+                said = True
+        return False
+
     def run_child(self):
         """Run one child to its end: None if we were asked to stop, else (cause, exit)."""
         try:
             child = Child(self.argv)
         except OSError as exc:
             return ("cannot start %s: %s" % (self.argv[0], exc))[:CAUSE_MAX], "not started"
-        self.state.write(state="starting", pid=child.pid, started_at=time.time(), serving_since=None,
-                         next_start_at=None)
+        started_at = time.time()
+        self.generation = "%d:%.3f" % (child.pid, started_at)  # fm9g_replica_nodes.generation_of
+        if self.view:
+            self.view.reset()
+        self.state.write(state="starting", pid=child.pid, started_at=started_at, serving_since=None,
+                         next_start_at=None, generation=self.generation, joined=self.joined)
         log("started pid %d: %s" % (child.pid, " ".join(self.argv)[:200]))
         self.child = child
         watchdog_cause = self.watch(child)
         if watchdog_cause is None and self.stop.is_set():
             self.stop_child(child)
+            self.generation = None
             return None
         returncode = child.finish()
-        self.state.write(pid=None, started_at=None, serving_since=None)
+        self.generation = None
+        self.state.write(pid=None, started_at=None, serving_since=None, generation=None)
         exit_desc = describe_exit(returncode, asked_to_stop=watchdog_cause is not None)
         cause = watchdog_cause or crash_cause(exit_desc, list(child.tail))
         return cause, exit_desc
 
     def watch(self, child):
         """Wait for the child to end or a stop; return the watchdog's cause if it killed the child."""
+        if self.link:
+            return self.watch_headless(child)
         failures, serving, next_probe = 0, False, time.monotonic() + self.opts.health_interval
         while not self.stop.wait(TICK) and not child.exited():
             if time.monotonic() < next_probe:
                 continue
             healthy, desc = probe(self.url, self.opts.health_timeout)
             next_probe = time.monotonic() + self.opts.health_interval
+            if self.view:
+                cause = self.view.check(self.generation, serving or healthy)
+                if cause:
+                    return self.terminate(child, cause)
+                healthy = healthy and self.view.all_joined()
             if healthy:
                 failures = 0
                 if not serving:
@@ -362,11 +449,32 @@ class Supervisor:
                 if failures >= self.opts.health_failures:
                     cause = "engine dead: %s failed %d times (last: %s)" % (
                         self.opts.health_path, failures, desc)
-                    log(cause + "; terminating pid %d" % child.pid)
-                    child.signal(signal.SIGTERM)
-                    child.wait_exit(WATCHDOG_KILL_WAIT)
-                    return cause[:CAUSE_MAX]
+                    return self.terminate(child, cause)
         return None
+
+    def watch_headless(self, child):
+        """A headless node: no health URL; in step with the head's engine it joined, else ended."""
+        serving, next_check = False, time.monotonic() + self.opts.health_interval
+        while not self.stop.wait(TICK) and not child.exited():
+            if time.monotonic() < next_check:
+                continue
+            next_check = time.monotonic() + self.opts.health_interval
+            cause, head_serving = self.link.check(self.joined)
+            if cause:
+                self.peer_cause = cause[:CAUSE_MAX]
+                return self.terminate(child, cause)
+            if head_serving and not serving:
+                serving = True
+                log("serving: the head's engine %s serves with this node" % self.joined)
+                self.state.write(state="serving", serving_since=time.time())
+        return None
+
+    def terminate(self, child, cause):
+        """End the child for ``cause`` (SIGTERM, then its whole group); the cause, for the record."""
+        log(cause + "; terminating pid %d" % child.pid)
+        child.signal(signal.SIGTERM)
+        child.wait_exit(WATCHDOG_KILL_WAIT)
+        return cause[:CAUSE_MAX]
 
     def record_crash(self, cause, exit_desc):
         """Persist a crash; return the backoff delay, or None when the crash limit is reached."""
