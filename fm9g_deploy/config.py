@@ -102,6 +102,10 @@ class ServingConfig(_Strict):
     #: sandbox's rehearsal of a GPU fleet's replica over hosts). GPU fleets leave it unset: the
     #: planner spans hosts where no host holds the model alone.
     hosts_per_replica: Annotated[int, Field(ge=2, le=64)] | None = None
+    #: A replica over hosts: the head's port the other nodes join its engine on (vLLM's
+    #: --master-port), and every node's supervisor status port (how the nodes stay in step).
+    rendezvous_port: Port = 29500
+    node_status_port: Port = 29510
     gpu_memory_utilization: Annotated[float, Field(gt=0.0, le=1.0, allow_inf_nan=False)] | None = None
     max_model_len: Annotated[int, Field(ge=16, le=MAX_MODEL_LEN)] | None = None
     #: KV-cache space in GiB for CPU hosts (vLLM's VLLM_CPU_KVCACHE_SPACE).
@@ -170,6 +174,15 @@ class ServingConfig(_Strict):
             if first <= self.port <= last:
                 raise ValueError(f"replica ports {first}-{last} include the gateway's port {self.port}; "
                                  "move replica_base_port or port")
+        last = first + (self.replicas_per_host or 1) - 1
+        taken = {self.port: "the gateway's port"}
+        for name in ("rendezvous_port", "node_status_port"):
+            value = getattr(self, name)
+            if first <= value <= last:
+                taken[value] = f"a replica's port ({first}-{last})"
+            if value in taken:
+                raise ValueError(f"{name} {value} is also {taken[value]}; move one of them")
+            taken[value] = name
         return self
 
 
@@ -235,6 +248,8 @@ class DeploymentConfig(_Strict):
                 taken.setdefault(serving.replica_base_port + index, f"the port of replica {index}")
         else:
             taken.setdefault(serving.replica_base_port, "the port of replica 0")
+        taken.setdefault(serving.rendezvous_port, "serving.rendezvous_port")
+        taken.setdefault(serving.node_status_port, "serving.node_status_port")
         for name in ("scrape_port", "prometheus_port"):
             port = getattr(monitoring, name)
             if port in taken:

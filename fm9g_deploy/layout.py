@@ -20,6 +20,10 @@ STATE_DIR = "/var/lib/fm9g"
 PROGRAMS_DIR = "/usr/local/lib/fm9g"
 SUPERVISOR = PROGRAMS_DIR + "/fm9g_replica_supervisor.py"
 ENGINE_PROBE = PROGRAMS_DIR + "/fm9g_engine_probe.py"
+#: A headless node of a replica over hosts (`vllm serve --headless`), and the supervisor's module
+#: that keeps the nodes in step; both beside the supervisor.
+VLLM_WORKER = PROGRAMS_DIR + "/fm9g_vllm_worker.py"
+REPLICA_NODES = PROGRAMS_DIR + "/fm9g_replica_nodes.py"
 #: The API key file every replica unit reads (root-only; vLLM reads VLLM_API_KEY).
 API_KEY_FILE = CONFIG_DIR + "/api-key.env"
 #: Container mode: the key file the replica containers mount (readable by the image's user only).

@@ -74,9 +74,14 @@ class ReplicaSpec:
     stop_timeout_s: int
     #: Container mode: (host path, container path, read-only) of what the container mounts.
     mounts: list[list] = field(default_factory=list)
+    #: A node of a replica over hosts (NodePlace.to_dict()); None for a replica of one host.
+    node: dict | None = None
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        if data["node"] is None:  # a one-host replica's spec (and its hash) as before nodes existed
+            del data["node"]
+        return data
 
     def vllm_argv(self, environment: dict[str, str] | None = None) -> list[str]:
         """vLLM's command line (after the supervisor's ``--``), placeholders filled from ``environment``."""
@@ -99,6 +104,38 @@ def systemd_exec_start(argv: list[str]) -> str:
         words.append(escaped if re.fullmatch(r"[\w@%+=:,./-]+", word) and "%" not in word and "$" not in word
                      else f'"{escaped}"')
     return " ".join(words)
+
+
+@dataclass(frozen=True)
+class NodePlace:
+    """Where one node of a replica over hosts stands: its rank, and the addresses the nodes meet on."""
+
+    rank: int
+    hosts: list[str]
+    #: Each host's address and network interface on the hosts' network (VLLM_HOST_IP, and
+    #: GLOO_SOCKET_IFNAME / NCCL_SOCKET_IFNAME), in the replica's host order.
+    addresses: list[str]
+    interface: str
+    rendezvous_port: int
+    status_port: int
+
+    @property
+    def head_address(self) -> str:
+        return self.addresses[0]
+
+    def status_url(self, rank: int) -> str:
+        return f"http://{self.addresses[rank]}:{self.status_port}/status"
+
+    def to_dict(self) -> dict:
+        return {"rank": self.rank, "hosts": list(self.hosts), "head": self.hosts[0], "address": self.addresses[self.rank],
+                "interface": self.interface, "master_addr": self.head_address,
+                "rendezvous_port": self.rendezvous_port, "status_url": self.status_url(self.rank)}
+
+
+def node_environment(place: NodePlace) -> dict[str, str]:
+    """A node's vLLM binds its sockets to the hosts' network, not loopback."""
+    address = place.addresses[place.rank]
+    return {"VLLM_HOST_IP": address, "GLOO_SOCKET_IFNAME": place.interface, "NCCL_SOCKET_IFNAME": place.interface}
 
 
 def serve_settings(config, profile) -> dict:
@@ -138,16 +175,19 @@ def engine_args(settings: dict) -> list[str]:
     return list(settings["vllm_args"]) + drain + multicast
 
 
-def build_replica_spec(settings: dict, replica: dict, *, extra_env: dict[str, str] | None = None) -> ReplicaSpec:
-    """One planned replica (the planner's ReplicaPlan as a dict) as it runs."""
+def build_replica_spec(settings: dict, replica: dict, *, extra_env: dict[str, str] | None = None,
+                       node: NodePlace | None = None) -> ReplicaSpec:
+    """One planned replica (the planner's ReplicaPlan as a dict) as it runs; with ``node``, that
+    node of a replica over hosts (build_node_specs)."""
     index, port = int(replica["index"]), int(replica["port"])
     container = settings["serve_mode"] == "container"
     # A CPU profile's replica holds no GPU, whatever the plan saw on the host.
     gpus = [int(gpu) for gpu in replica.get("gpus") or []] if settings["accelerator"] == "cuda" else []
     utilization = replica.get("gpu_memory_utilization")
+    headless = node is not None and node.rank > 0
     environment = {
         **BASE_ENVIRONMENT,
-        **LOOPBACK_ENVIRONMENT,
+        **(node_environment(node) if node else LOOPBACK_ENVIRONMENT),
         "FM9G_PORT": str(port),
         DTYPE_VARIABLE: settings["dtype"],
         "FM9G_REPLICA_INDEX": str(index),
@@ -171,21 +211,32 @@ def build_replica_spec(settings: dict, replica: dict, *, extra_env: dict[str, st
     in_process_textfile = f"{layout.CONTAINER_STATE_DIR}/{textfile.rsplit('/', 1)[1]}" if container else textfile
     python = settings["python"]
     supervisor = [python, layout.SUPERVISOR, "--state-file", in_process_state,
-                  "--textfile", in_process_textfile, "--replica", str(index), "--port", str(port),
-                  "--crash-limit", str(settings["crash_limit"]), "--crash-window", str(settings["crash_window_s"]),
-                  "--stop-timeout", str(int(settings["drain_timeout_s"]) + SUPERVISOR_STOP_MARGIN_S)]
+                  "--textfile", in_process_textfile, "--replica", str(index)]
+    supervisor += [] if headless else ["--port", str(port)]
+    supervisor += ["--crash-limit", str(settings["crash_limit"]), "--crash-window", str(settings["crash_window_s"]),
+                   "--stop-timeout", str(int(settings["drain_timeout_s"]) + SUPERVISOR_STOP_MARGIN_S)]
+    if node:
+        supervisor += ["--node-rank", str(node.rank),
+                       "--status-listen", f"{node.addresses[node.rank]}:{node.status_port}"]
+        supervisor += (["--head", node.status_url(0)] if headless else
+                       [arg for rank in range(1, len(node.hosts)) for arg in ("--peer", node.status_url(rank))])
     if container:
         # A container whose supervisor gave up exits 0, so Docker's on-failure policy leaves it down.
         supervisor += ["--give-up-exit-code", "0"]
-    vllm = [python, "-m", "vllm.entrypoints.openai.api_server", "--host", "127.0.0.1", "--port", str(port),
-            "--model", settings["model_dir"], "--tokenizer-mode", settings["tokenizer_mode"],
-            "--dtype", "${%s}" % DTYPE_VARIABLE]
+    vllm = ([python, layout.VLLM_WORKER] if headless else
+            [python, "-m", "vllm.entrypoints.openai.api_server", "--host", "127.0.0.1", "--port", str(port)])
+    vllm += ["--model", settings["model_dir"], "--tokenizer-mode", settings["tokenizer_mode"],
+             "--dtype", "${%s}" % DTYPE_VARIABLE]
     if settings["trust_remote_code"]:
         vllm.append("--trust-remote-code")
     vllm += ["--served-model-name", settings["served_model_name"],
              "--gpu-memory-utilization", str(utilization or 0.9),
              "--max-model-len", str(replica["max_model_len"]),
              "--tensor-parallel-size", str(replica["tensor_parallel_size"]), *engine_args(settings)]
+    if node:
+        vllm += ["--pipeline-parallel-size", str(replica.get("pipeline_parallel_size") or 1),
+                 "--nnodes", str(len(node.hosts)), "--node-rank", str(node.rank),
+                 "--master-addr", node.head_address, "--master-port", str(node.rendezvous_port)]
     mounts = []
     if container:
         # The model's link: the role mounts the release it points to.
@@ -198,13 +249,37 @@ def build_replica_spec(settings: dict, replica: dict, *, extra_env: dict[str, st
         max_model_len=int(replica["max_model_len"]), unit=layout.replica_unit(index),
         container=layout.replica_container(index), environment=environment, argv=supervisor + ["--"] + vllm,
         exec_start=systemd_exec_start(supervisor + ["--"] + vllm),
-        state_file=state_file, textfile=textfile, stop_timeout_s=int(settings["drain_timeout_s"]) + STOP_MARGIN_S, mounts=mounts)
+        state_file=state_file, textfile=textfile, stop_timeout_s=int(settings["drain_timeout_s"]) + STOP_MARGIN_S, mounts=mounts,
+        node=node.to_dict() if node else None)
 
 
 def plan_specs(settings: dict, plan, *, extra_env: dict[str, str] | None = None) -> dict[str, list[ReplicaSpec]]:
     """host -> the specs of its planned replicas (the planner's DeploymentPlan)."""
     return {host: [build_replica_spec(settings, replica.to_dict(), extra_env=extra_env) for replica in host_plan.replicas]
             for host, host_plan in plan.hosts.items()}
+
+
+def build_node_specs(settings: dict, replica: dict, networks: dict[str, dict[str, str]], *, rendezvous_port: int,
+                     status_port: int, extra_env: dict[str, str] | None = None) -> dict[str, ReplicaSpec]:
+    """host -> the spec of its node of one replica over hosts (the planner's MultiHostReplicaPlan as a
+    dict), replica 0 on each; ``networks``: host -> {"address", "interface"} on the hosts' network.
+    vLLM's own multi-node launcher: the head (rank 0) serves the API, every other node is headless."""
+    hosts = list(replica["hosts"])
+    interfaces = {networks[host]["interface"] for host in hosts}
+    if len(interfaces) != 1:  # one name for GLOO/NCCL_SOCKET_IFNAME across the hosts keeps it simple
+        raise ValueError(f"the hosts of one replica name their network's interface differently: {sorted(interfaces)}")
+    [interface] = interfaces
+    addresses = [networks[host]["address"] for host in hosts]
+    specs = {}
+    for rank, host in enumerate(hosts):
+        place = NodePlace(rank=rank, hosts=hosts, addresses=addresses, interface=interface,
+                          rendezvous_port=rendezvous_port, status_port=status_port)
+        planned = {"index": 0, "port": replica["port"], "gpus": replica["gpus"].get(host) or [],
+                   "gpu_memory_utilization": replica.get("gpu_memory_utilization"),
+                   "max_model_len": replica["max_model_len"], "tensor_parallel_size": replica["tensor_parallel_size"],
+                   "pipeline_parallel_size": replica.get("pipeline_parallel_size") or 1}
+        specs[host] = build_replica_spec(settings, planned, extra_env=extra_env, node=place)
+    return specs
 
 
 def probe_argv(settings: dict, replicas: list[ReplicaSpec], *, cache_key: str,
