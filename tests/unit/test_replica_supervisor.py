@@ -177,8 +177,9 @@ def test_backoff_grows_between_crashes(supervise):
     assert run.proc.wait(timeout=20) == GIVE_UP
     at = [c["at"] for c in run.state()["crashes"]]
     gaps = [b - a for a, b in zip(at, at[1:])]
-    # delays 0.3 s then 0.6 s (plus a Python start each time)
-    assert gaps[0] >= 0.3 and gaps[1] >= 0.6 and gaps[1] > gaps[0] + 0.15, gaps
+    # delays 0.3 s then 0.6 s, each waited in full (plus a Python start each time, whose length a
+    # loaded machine varies too much to compare the gaps with each other)
+    assert gaps[0] >= 0.3 and gaps[1] >= 0.6, gaps
     assert "backing off 0.3s" in run.stderr() and "backing off 0.6s" in run.stderr()
 
 
