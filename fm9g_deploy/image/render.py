@@ -22,7 +22,8 @@ CONTEXT_SOURCE = IMAGES_DIR / "vllm"
 SOURCE_FILES = {"Dockerfile": 0o644, "make-env.sh": 0o755, "entrypoint.sh": 0o755}
 #: Host-side programs of the serving role the image carries too (one copy of each in the project).
 SERVE_ROLE_FILES = ROLES_DIR / "fm9g_replica" / "files"
-ROLE_FILES = {"fm9g_replica_supervisor.py": 0o755, "fm9g_engine_probe.py": 0o755}
+ROLE_FILES = {"fm9g_replica_supervisor.py": 0o755, "fm9g_engine_probe.py": 0o755, "fm9g_replica_nodes.py": 0o755,
+              "fm9g_vllm_worker.py": 0o755}
 #: The CUDA runtime base per profile CUDA version. The digest is the one the registry reported
 #: for this tag on a public `docker pull` log; it could not be re-checked here (no registry).
 CUDA_BASES = {
