@@ -277,7 +277,7 @@ def build_node_specs(settings: dict, replica: dict, networks: dict[str, dict[str
         planned = {"index": 0, "port": replica["port"], "gpus": replica["gpus"].get(host) or [],
                    "gpu_memory_utilization": replica.get("gpu_memory_utilization"),
                    "max_model_len": replica["max_model_len"], "tensor_parallel_size": replica["tensor_parallel_size"],
-                   "pipeline_parallel_size": replica.get("pipeline_parallel_size") or 1}
+                   "pipeline_parallel_size": replica["pipeline_parallel_size"]}
         specs[host] = build_replica_spec(settings, planned, extra_env=extra_env, node=place)
     return specs
 
@@ -288,12 +288,25 @@ def probe_argv(settings: dict, replicas: list[ReplicaSpec], *, cache_key: str,
     Its context is the shortest of ``replicas``: the probe needs a forward pass, not a full context."""
     container = settings["serve_mode"] == "container"
     cache = layout.engine_probe_cache(settings["serve_mode"])
-    argv = [settings["python"], layout.ENGINE_PROBE, "--python", settings["python"], "--model", settings["model_dir"],
-            "--dtype", settings["dtype"], "--fallback", "float32", "--timeout", str(timeout_s),
-            "--max-model-len", str(min(replica.max_model_len for replica in replicas)),
-            "--cache", f"{layout.CONTAINER_STATE_DIR}/{cache.rsplit('/', 1)[1]}" if container else cache,
-            "--cache-key", cache_key]
-    argv += [f"--engine-arg={arg}" for arg in settings["vllm_args"]]
-    if settings["accelerator"] == "cpu":
-        argv += ["--env", f"VLLM_CPU_KVCACHE_SPACE={settings['cpu_kvcache_space_gib']}"]
+    return engine_probe_argv(
+        settings["python"], settings["model_dir"], settings["dtype"], timeout_s=timeout_s,
+        max_model_len=min(replica.max_model_len for replica in replicas), engine_args=settings["vllm_args"],
+        cpu_kvcache_space_gib=settings["cpu_kvcache_space_gib"] if settings["accelerator"] == "cpu" else None,
+        cache=f"{layout.CONTAINER_STATE_DIR}/{cache.rsplit('/', 1)[1]}" if container else cache, cache_key=cache_key)
+
+
+def engine_probe_argv(python: str, model_dir: str, dtype: str, *, timeout_s: int, max_model_len: int | None,
+                      engine_args: list[str], cpu_kvcache_space_gib: int | str | None = None,
+                      cache: str | None = None, cache_key: str | None = None) -> list[str]:
+    """The engine probe's command line in ``python``'s env: ``dtype``, else float32 (deploy's probe and
+    the image smoke test's)."""
+    argv = [python, layout.ENGINE_PROBE, "--python", python, "--model", model_dir, "--dtype", dtype,
+            "--fallback", "float32", "--timeout", str(timeout_s)]
+    if max_model_len:
+        argv += ["--max-model-len", str(max_model_len)]
+    if cache:
+        argv += ["--cache", cache, "--cache-key", cache_key]
+    argv += [f"--engine-arg={arg}" for arg in engine_args]
+    if cpu_kvcache_space_gib is not None:
+        argv += ["--env", f"VLLM_CPU_KVCACHE_SPACE={cpu_kvcache_space_gib}"]
     return argv

@@ -15,7 +15,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fm9g_deploy import layout
 from fm9g_deploy.image.render import MODEL_MOUNT, SERVE_UID
 
 SMOKE_LABEL = "fm9g-deploy.smoke"
@@ -117,14 +116,13 @@ def run_smoke_test(client, tag: str, *, model_dir: Path | None, served_name: str
 
 def probe_argv(image_env: dict[str, str], max_model_len: int | None, timeout_s: float) -> list[str]:
     """The image's engine probe (its entry point replaced), as deploy runs it for a container replica."""
-    python = image_env["FM9G_PYTHON"]
-    argv = [python, layout.ENGINE_PROBE, "--python", python, "--model", image_env.get("FM9G_MODEL_DIR", MODEL_MOUNT),
-            "--dtype", image_env.get("FM9G_DTYPE", "auto"), "--fallback", "float32", "--timeout", str(int(timeout_s))]
-    if max_model_len:
-        argv += ["--max-model-len", str(max_model_len)]
-    argv += [f"--engine-arg={arg}" for arg in image_env.get("FM9G_EXTRA_ARGS", "").split()]
-    argv += ["--env", f"VLLM_CPU_KVCACHE_SPACE={image_env.get('FM9G_CPU_KVCACHE_SPACE_GIB', '1')}"]
-    return argv
+    from fm9g_deploy.replica_spec import engine_probe_argv
+
+    return engine_probe_argv(
+        image_env["FM9G_PYTHON"], image_env.get("FM9G_MODEL_DIR", MODEL_MOUNT), image_env.get("FM9G_DTYPE", "auto"),
+        timeout_s=int(timeout_s), max_model_len=max_model_len,
+        engine_args=image_env.get("FM9G_EXTRA_ARGS", "").split(),
+        cpu_kvcache_space_gib=image_env.get("FM9G_CPU_KVCACHE_SPACE_GIB", "1"))
 
 
 def probe_engine_dtype(client, tag: str, volumes: dict, max_model_len: int | None,
