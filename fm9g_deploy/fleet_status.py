@@ -36,16 +36,17 @@ def desired_state(config, inventory, limit: str | None = None) -> DesiredState:
     """Plan as `deploy` does; a problem doing so is the answer's ``problem``, never an error: status
     must still show what runs."""
     from fm9g_deploy.errors import OperationFailed, UserError, one_line
-    from fm9g_deploy.facts import gather_gpu_facts
+    from fm9g_deploy.facts import read_hosts
     from fm9g_deploy.hostvars import load_stack
     from fm9g_deploy.planner import plan_deployment, refuse_multi_host
-    from fm9g_deploy.replica_spec import plan_specs, serve_settings
+    from fm9g_deploy.replica_spec import deployment_specs
 
     try:
         stack = load_stack(config)
-        plan = plan_deployment(config, gather_gpu_facts(inventory, limit=limit))
+        hosts = read_hosts(inventory, limit=limit, serve_mode=config.serving.serve_mode)
+        plan = plan_deployment(config, hosts.gpus)
         refuse_multi_host(plan, "deploy")
-        specs = plan_specs(serve_settings(config, stack.profile), plan)
+        specs = deployment_specs(config, stack.profile, plan, hosts.networks)
         release = stack.model_pin()["sha256"]
     except (UserError, OperationFailed) as exc:
         return DesiredState(problem=one_line(str(exc), 300))
@@ -177,7 +178,7 @@ def table_rows(reports: dict) -> list[tuple[str, ...]]:
             metrics = replica.get("metrics") or {}
             usage = metrics.get("kv_cache_usage")
             rows.append((
-                host, str(replica["index"]), f"{replica['active_state']}/{replica['sub_state']}",
+                host, _replica_cell(replica), f"{replica['active_state']}/{replica['sub_state']}",
                 "yes" if replica["ready"] else f"no ({replica.get('problem') or 'not listed'})",
                 format_uptime(replica.get("uptime_s")), str(replica["restarts"]),
                 _number(metrics.get("requests_running")), _number(metrics.get("requests_waiting")),
@@ -186,6 +187,14 @@ def table_rows(reports: dict) -> list[tuple[str, ...]]:
                 release, _config_cell(replica), (replica.get("last_cause") or "-")[:80],
             ))
     return rows
+
+
+def _replica_cell(replica: dict) -> str:
+    """The replica's index; a node of a replica over hosts says its rank ("0 head", "0 node 1")."""
+    node = replica.get("node")
+    if not node:
+        return str(replica["index"])
+    return f"{replica['index']} {'head' if node['rank'] == 0 else 'node ' + str(node['rank'])}"
 
 
 def table_notes(reports: dict) -> list[str]:
@@ -202,6 +211,10 @@ def table_notes(reports: dict) -> list[str]:
         for replica in report.get("replicas") or []:
             where = f"{host} replica {replica['index']}"
             notes += [f"{where}: {item}" for item in replica.get("drift") or []]
-            if replica.get("ready") and replica.get("metrics_problem"):
+            node = replica.get("node")
+            if node and node["rank"] == 0:
+                notes.append(f"{where} is one replica over {', '.join(node['hosts'])} (its head; the others are "
+                             "headless nodes that joined its engine)")
+            if replica.get("ready") and replica.get("metrics_problem") and not (node and node["rank"] > 0):
                 notes.append(f"{where}: no serving metrics: {replica['metrics_problem']}")
     return list(dict.fromkeys(notes))

@@ -162,19 +162,26 @@ def conda_packages(stack: Stack, *, required: bool = True) -> list[dict[str, str
             for a in packages]
 
 
-def serve_vars(stack: Stack, plan, api_key: str, accept_downtime: bool = False) -> dict[str, Any]:
-    """What `deploy` tells playbooks/serve.yml: the plan as replica specs, and how to roll them out."""
+def serve_vars(stack: Stack, plan, api_key: str, accept_downtime: bool = False,
+               networks: dict | None = None) -> dict[str, Any]:
+    """What `deploy` tells playbooks/serve.yml: the plan as replica specs (a replica over hosts as one
+    node spec per host; ``networks`` from fm9g_deploy.facts.read_hosts), and how to roll them out."""
     from fm9g_deploy.image.render import SERVE_UID
-    from fm9g_deploy.replica_spec import plan_specs, probe_argv, serve_settings
+    from fm9g_deploy.replica_spec import deployment_specs, probe_argv, serve_settings, serves_api
 
     config, profile = stack.config, stack.profile
     settings = serve_settings(config, profile)
-    specs = plan_specs(settings, plan)
+    specs = deployment_specs(config, profile, plan, networks)
     image = config.serving.container_image or stack.image_tag()
     every_spec = [spec for host_specs in specs.values() for spec in host_specs]
     probe_key = hashlib.sha256(json.dumps([stack.revision(), settings, image]).encode()).hexdigest()
     return {
         "fm9g_plan": {host: [spec.to_dict() for spec in host_specs] for host, host_specs in specs.items()},
+        # host -> the indexes of its headless nodes (replicas over hosts): no API, no gateway backend;
+        # the rollout starts them before the heads they join.
+        "fm9g_headless_nodes": {host: [spec.index for spec in host_specs if not serves_api(spec.to_dict())]
+                                for host, host_specs in specs.items()
+                                if any(not serves_api(spec.to_dict()) for spec in host_specs)},
         "fm9g_replica_mode": config.serving.serve_mode,
         "fm9g_replica_api_key": api_key,
         "fm9g_replica_revision": stack.revision(),
@@ -182,7 +189,8 @@ def serve_vars(stack: Stack, plan, api_key: str, accept_downtime: bool = False) 
         "fm9g_replica_probe_argv": probe_argv(settings, every_spec, cache_key=probe_key) if every_spec else [],
         "fm9g_replica_container_image": image,
         "fm9g_replica_container_uid": SERVE_UID,
-        "fm9g_rollout_fleet_replicas": len(every_spec),
+        # Replicas clients reach: a replica over hosts counts once, at its head.
+        "fm9g_rollout_fleet_replicas": sum(serves_api(spec.to_dict()) for spec in every_spec),
         "fm9g_rollout_accept_downtime": accept_downtime,
         "fm9g_rollout_drain_timeout_s": config.serving.drain_timeout_s,
         "fm9g_gateway_port": config.serving.port,

@@ -36,8 +36,12 @@ def monitoring_host(config, inventory: Path) -> str:
 
 def monitoring_vars(config, host: str | None, plan) -> dict[str, Any]:
     """What playbooks/serve.yml's monitoring plays get: the config's monitoring section and, per
-    serving host of ``plan`` (the whole fleet's, even under --limit), its replicas' indexes."""
+    serving host of ``plan`` (the whole fleet's, even under --limit), its replicas' indexes: a
+    replica over hosts is its head's replica 0 (the other nodes serve no /metrics)."""
     monitoring = config.monitoring
+    replicas = {name: [replica.index for replica in host_plan.replicas] for name, host_plan in plan.hosts.items()}
+    for spanning in plan.multi_host_replicas:
+        replicas[spanning.hosts[0]] = [0]
     return {
         "fm9g_monitoring_enabled": monitoring.enabled,
         "fm9g_monitoring_host": host or "",
@@ -46,6 +50,5 @@ def monitoring_vars(config, host: str | None, plan) -> dict[str, Any]:
         "fm9g_monitoring_scrape_interval_s": monitoring.scrape_interval_s,
         "fm9g_monitoring_retention_days": monitoring.retention_days,
         "fm9g_monitoring_alerts": monitoring.alerts.model_dump(),
-        "fm9g_monitoring_plan": {name: [replica.index for replica in host_plan.replicas]
-                                 for name, host_plan in plan.hosts.items()},
+        "fm9g_monitoring_plan": replicas,
     }

@@ -208,16 +208,17 @@ class DeploymentPlan:
 
 
 def refuse_multi_host(plan: DeploymentPlan, command: str) -> None:
-    """UserError where the plan has a replica over several hosts: ``command`` (deploy, verify)
-    serves and checks replicas of one host only."""
-    if not plan.multi_host_replicas:
+    """UserError where the plan has a replica over several hosts that ``command`` (deploy, verify)
+    cannot serve or check: one on a Ray cluster (the cuda121 profile's fork) is not built yet; vLLM's
+    own multi-node launcher (the cpu and cuda130 profiles) is."""
+    if not plan.multi_host_replicas or load_profile(plan.profile).multi_host_launcher != "ray":
         return
     replica = plan.multi_host_replicas[0]
     raise UserError(
         f"{command}: the plan spans hosts: one {plan.model} replica over {', '.join(replica.hosts)} "
-        f"(TP {replica.tensor_parallel_size} x PP {replica.pipeline_parallel_size}); serving one replica across "
-        "hosts is not built yet; use hosts that each fit the model, or run `fm9g-deploy plan` "
-        "to see the layout"
+        f"(TP {replica.tensor_parallel_size} x PP {replica.pipeline_parallel_size}) on a Ray cluster, which "
+        f"profile {plan.profile} needs and fm9g-deploy does not run yet; use hosts that each fit the model, or "
+        "a profile with vLLM's own multi-node launcher (cuda130), or run `fm9g-deploy plan` to see the layout"
     )
 
 
@@ -763,7 +764,8 @@ def _plan_multi_host(model: ModelSpec, profile: Profile, serving: ServingConfig,
                      + _more_hosts_text(model, mode, serving, head))
     if per_host < head.count:
         notes.append(f"{head.count - per_host} GPU(s) of each host unused (TP {tp} uses {per_host} per host)")
-    notes.append("deploy does not serve a replica over several hosts yet: this layout is a plan only")
+    if profile.multi_host_launcher == "ray":
+        notes.append(f"deploy does not run a Ray cluster yet: on profile {profile.name} this layout is a plan only")
 
     host_plans: dict[str, HostPlan] = {}
     for stage, shape in enumerate(spanned):
@@ -871,7 +873,6 @@ def _plan_cpu_span(model: ModelSpec, profile: Profile, serving: ServingConfig, o
         "on CPUs); GLOO_SOCKET_IFNAME must name that network's interface and VLLM_HOST_IP each host's address "
         "on it",
         "a rehearsal on CPUs of a GPU fleet's replica over hosts: the same launch, units and checks",
-        "deploy does not serve a replica over several hosts yet: this layout is a plan only",
     ]
     host_plans: dict[str, HostPlan] = {}
     for rank, name in enumerate(names):

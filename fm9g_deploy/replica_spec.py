@@ -129,7 +129,8 @@ class NodePlace:
     def to_dict(self) -> dict:
         return {"rank": self.rank, "hosts": list(self.hosts), "head": self.hosts[0], "address": self.addresses[self.rank],
                 "interface": self.interface, "master_addr": self.head_address,
-                "rendezvous_port": self.rendezvous_port, "status_url": self.status_url(self.rank)}
+                "rendezvous_port": self.rendezvous_port, "status_url": self.status_url(self.rank),
+                "status_urls": [self.status_url(rank) for rank in range(len(self.hosts))]}
 
 
 def node_environment(place: NodePlace) -> dict[str, str]:
@@ -280,6 +281,32 @@ def build_node_specs(settings: dict, replica: dict, networks: dict[str, dict[str
                    "pipeline_parallel_size": replica["pipeline_parallel_size"]}
         specs[host] = build_replica_spec(settings, planned, extra_env=extra_env, node=place)
     return specs
+
+
+def deployment_specs(config, profile, plan, networks: dict | None = None) -> dict[str, list[ReplicaSpec]]:
+    """host -> the specs of everything the plan runs there: its own replicas, or its node of a
+    replica over hosts (``networks``: host -> its address and interface on the hosts' network, as
+    fm9g_deploy.facts.read_hosts found them). What deploy writes, status compares, verify checks."""
+    from fm9g_deploy.errors import UserError
+    from fm9g_deploy.facts import node_networks
+
+    if plan.multi_host_replicas and config.serving.serve_mode == "container":
+        raise UserError(f"the plan runs one replica over {', '.join(plan.multi_host_replicas[0].hosts)}, which "
+                        "fm9g-deploy serves as systemd units only so far; set serving.serve_mode: systemd")
+    settings = serve_settings(config, profile)
+    specs = plan_specs(settings, plan)
+    for replica in plan.multi_host_replicas:
+        nodes = build_node_specs(settings, replica.to_dict(), node_networks(networks or {}, replica.hosts),
+                                 rendezvous_port=config.serving.rendezvous_port,
+                                 status_port=config.serving.node_status_port)
+        for host, spec in nodes.items():
+            specs[host] = [spec]
+    return specs
+
+
+def serves_api(spec: dict) -> bool:
+    """Whether a replica's spec (as a dict) runs an API server: every replica but a headless node."""
+    return not spec.get("node") or int(spec["node"]["rank"]) == 0
 
 
 def probe_argv(settings: dict, replicas: list[ReplicaSpec], *, cache_key: str,

@@ -91,10 +91,10 @@ def build_facts(config: DeploymentConfig, inventory: Path, limit: str | None = N
     from fm9g_deploy.artifacts.cache import Cache, resolve_cache_dir
     from fm9g_deploy.artifacts.lock import load_lock
     from fm9g_deploy.artifacts.publish import set_folder
-    from fm9g_deploy.facts import gather_gpu_facts
+    from fm9g_deploy.facts import read_hosts
     from fm9g_deploy.planner import plan_deployment, refuse_multi_host
     from fm9g_deploy.profiles import load_profile
-    from fm9g_deploy.replica_spec import plan_specs, serve_settings
+    from fm9g_deploy.replica_spec import deployment_specs
 
     profile = load_profile(config.profile)
     lock = load_lock(config.profile)
@@ -111,10 +111,11 @@ def build_facts(config: DeploymentConfig, inventory: Path, limit: str | None = N
     api_key = deployment_key(config, inventory)
     host_vars = serving_hosts(inventory, limit)
 
-    plan = plan_deployment(config, gather_gpu_facts(inventory, limit=limit))
+    read = read_hosts(inventory, limit=limit, serve_mode=config.serving.serve_mode)
+    plan = plan_deployment(config, read.gpus)
     refuse_multi_host(plan, "verify")
     # The replicas' specs as deploy builds them (the same code): what each host must run.
-    specs = plan_specs(serve_settings(config, profile), plan)
+    specs = deployment_specs(config, profile, plan, read.networks)
     hosts = {}
     for name, host_plan in plan.hosts.items():
         if name not in host_vars:
@@ -246,7 +247,7 @@ def render(results: list[dict], *, console=None, title: str = "fm9g-deploy verif
             console.print(Text(tail), soft_wrap=True)
 
 
-AREAS = ("env", "gpu", "model", "service", "gateway", "monitoring", "api")
+AREAS = ("env", "gpu", "model", "service", "nodes", "gateway", "monitoring", "api")
 
 
 def _area_order(area: str) -> int:

@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from fm9g_deploy.apikey import resolve_api_key
     from fm9g_deploy.commands.common import config_for, inventory_path
     from fm9g_deploy.errors import UserError
-    from fm9g_deploy.facts import gather_gpu_facts
+    from fm9g_deploy.facts import gather_gpu_facts, read_hosts
     from fm9g_deploy.hostvars import load_stack, serve_vars
     from fm9g_deploy.monitoring import monitoring_host, monitoring_vars
     from fm9g_deploy.planner import plan_deployment, refuse_multi_host
@@ -58,19 +58,24 @@ def run(args: argparse.Namespace) -> int:
     config = config_for(args)
     serving_hosts(inventory, args.limit)  # else the playbook matches no host and "succeeds"
     stack = load_stack(config)
-    plan = plan_deployment(config, gather_gpu_facts(inventory, limit=args.limit))
+    hosts = read_hosts(inventory, limit=args.limit, serve_mode=config.serving.serve_mode)
+    plan = plan_deployment(config, hosts.gpus)
     refuse_multi_host(plan, "deploy")  # its hosts would get no replica: refused, not silently skipped
     api_key, source = resolve_api_key(config, inventory)
     print(f"API key: {source}")
-    extra_vars = {**serve_vars(stack, plan, api_key, accept_downtime=args.accept_downtime),
+    extra_vars = {**serve_vars(stack, plan, api_key, accept_downtime=args.accept_downtime, networks=hosts.networks),
                   "fm9g_rollout_batch": args.batch}
+    for replica in plan.multi_host_replicas:
+        print(f"one replica over {', '.join(replica.hosts)}: the head {replica.hosts[0]} serves it on port "
+              f"{replica.port}; the other hosts run headless nodes that join it")
     whole = plan
     if args.limit and (extra_vars["fm9g_rollout_fleet_replicas"] < 2 or config.monitoring.enabled):
         # --limit plans the named hosts only; whether their one replica is the fleet's only one, and
         # what Prometheus scrapes, are questions about every serving host.
         whole = plan_deployment(config, gather_gpu_facts(inventory))
         refuse_multi_host(whole, "deploy")
-        extra_vars["fm9g_rollout_fleet_replicas"] = sum(len(host.replicas) for host in whole.hosts.values())
+        extra_vars["fm9g_rollout_fleet_replicas"] = (sum(len(host.replicas) for host in whole.hosts.values())
+                                                     + len(whole.multi_host_replicas))
     host = monitoring_host(config, inventory) if config.monitoring.enabled else None
     extra_vars.update(monitoring_vars(config, host, whole))
     if host:

@@ -70,12 +70,17 @@ def test_deploy_passes_every_hosts_replicas_and_the_thresholds():
         def __init__(self, count):
             self.replicas = [Replica(i) for i in range(count)]
 
+    class Spanning:
+        hosts = ["gpu-c", "gpu-d"]
+
     class Plan:
-        hosts = {"gpu-a": HostPlan(2), "gpu-b": HostPlan(1)}
+        hosts = {"gpu-a": HostPlan(2), "gpu-b": HostPlan(1), "gpu-c": HostPlan(0), "gpu-d": HostPlan(0)}
+        multi_host_replicas = [Spanning()]
 
     config = parse_config("monitoring: {enabled: true, scrape_interval_s: 30, alerts: {ttft_p95_s: 2.5}}")
     values = monitoring_vars(config, "edge", Plan())
-    assert values["fm9g_monitoring_plan"] == {"gpu-a": [0, 1], "gpu-b": [0]}
+    # A replica over hosts is scraped at its head (replica 0); its other nodes serve no /metrics.
+    assert values["fm9g_monitoring_plan"] == {"gpu-a": [0, 1], "gpu-b": [0], "gpu-c": [0], "gpu-d": []}
     assert values["fm9g_monitoring_host"] == "edge" and values["fm9g_monitoring_scrape_interval_s"] == 30
     assert values["fm9g_monitoring_alerts"]["ttft_p95_s"] == 2.5
 

@@ -50,7 +50,8 @@ def test_the_head_serves_the_api_as_node_rank_0_on_the_hosts_network():
     assert after(supervisor, "--peer") == "http://172.30.0.12:29510/status" and "--head" not in supervisor
     assert head.node == {"rank": 0, "hosts": ["host1", "host2"], "head": "host1", "address": "172.30.0.11",
                          "interface": "eth0", "master_addr": "172.30.0.11", "rendezvous_port": 29500,
-                         "status_url": "http://172.30.0.11:29510/status"}
+                         "status_url": "http://172.30.0.11:29510/status",
+                         "status_urls": ["http://172.30.0.11:29510/status", "http://172.30.0.12:29510/status"]}
 
 
 def test_every_other_host_runs_a_headless_node_that_joins_the_head():

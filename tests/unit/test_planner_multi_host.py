@@ -11,6 +11,7 @@ from fm9g_deploy.catalog import get_model
 from fm9g_deploy.cli import main
 from fm9g_deploy.config import DeploymentConfig
 from fm9g_deploy.errors import UserError
+from fm9g_deploy.facts import HostFacts
 from fm9g_deploy.planner import GIB, RUNTIME_RESERVE_BYTES, hypothetical_host, plan_deployment, refuse_multi_host
 from fm9g_deploy.profiles import load_profile
 
@@ -94,7 +95,7 @@ def test_70b_on_two_hosts_pipeline_under_cuda130(pipelining_minicpm):
     text = " ".join(replica.notes)
     assert all(word in text for word in INTERCONNECT_WORDS)
     assert "pipeline parallel across the hosts (PP 2" in text and "embedding" in text and "lm_head" in text
-    assert "deploy does not serve a replica over several hosts yet" in text
+    assert "deploy does not" not in text  # vLLM's own multi-node launcher: deploy serves it
     # The spanned hosts have no replica of their own and say what their GPUs do.
     for name, stage in (("host1", 1), ("host2", 2)):
         host = plan.hosts[name]
@@ -332,19 +333,23 @@ def test_cli_bad_hosts_is_one_line_and_exit_2(capsys, argv, message):
 
 # -- deploy and verify refuse what they cannot serve ---------------------------------------------------
 
-def test_refuse_multi_host_names_the_hosts(pipelining_minicpm):
+def test_refuse_multi_host_names_the_hosts_on_ray_only():
+    plan = plan_fleet("2xA100-80GB", 2, profile="cuda121")
+    assert "deploy does not run a Ray cluster yet: on profile cuda121 this layout is a plan only" in (
+        plan.multi_host_replicas[0].notes)
     with pytest.raises(UserError) as refused:
-        refuse_multi_host(plan_fleet("2xA100-80GB", 2), "deploy")
+        refuse_multi_host(plan, "deploy")
     message = str(refused.value)
     assert "\n" not in message
-    assert message.startswith("deploy: the plan spans hosts: one fm9g-70b replica over host1, host2 (TP 2 x PP 2); "
-                              "serving one replica across hosts is not built yet")
+    assert message.startswith("deploy: the plan spans hosts: one fm9g-70b replica over host1, host2 (TP 4 x PP 1) "
+                              "on a Ray cluster, which profile cuda121 needs and fm9g-deploy does not run yet")
+    refuse_multi_host(plan_fleet("2xA100-80GB", 2), "deploy")  # cuda130: vLLM's own launcher, served
 
 
 def test_deploy_refuses_a_plan_over_hosts_before_running_anything(tmp_path, monkeypatch, capsys):
     inventory = tmp_path / "hosts.yml"
     inventory.write_text("all: {}\n")
-    (tmp_path / "fm9g.yml").write_text("model: {name: fm9g-70b}\nprofile: cuda130\n")
+    (tmp_path / "fm9g.yml").write_text("model: {name: fm9g-70b}\nprofile: cuda121\n")
 
     def never(*args, **kwargs):
         raise AssertionError("deploy went past the plan")
@@ -354,13 +359,14 @@ def test_deploy_refuses_a_plan_over_hosts_before_running_anything(tmp_path, monk
     facts = fleet("2xA100-80GB", 2)
     for host in facts.values():
         host.cuda_driver_version = "13.0"  # deploy checks the driver
-    monkeypatch.setattr("fm9g_deploy.facts.gather_gpu_facts", lambda inventory, limit=None: facts)
+    monkeypatch.setattr("fm9g_deploy.facts.read_hosts", lambda inventory, limit=None, serve_mode="systemd":
+                        HostFacts(gpus=facts))
     monkeypatch.setattr("fm9g_deploy.apikey.resolve_api_key", never)
     monkeypatch.setattr("fm9g_deploy.ansible.run_playbook", never)
     code = main(["deploy", "-i", str(inventory)])
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1
-    assert "deploy: the plan spans hosts: one fm9g-70b replica over host1, host2" in err
+    assert "deploy: the plan spans hosts: one fm9g-70b replica over host1, host2" in err and "Ray" in err
 
 
 def test_serve_specs_of_a_plan_over_hosts_do_not_crash():
@@ -369,6 +375,54 @@ def test_serve_specs_of_a_plan_over_hosts_do_not_crash():
     plan = plan_fleet("2xA100-80GB", 2)
     specs = plan_specs(serve_settings(config(), load_profile("cuda130")), plan)
     assert specs == {"host1": [], "host2": []}
+
+
+NETWORKS = {"host1": {"address": "10.0.0.1", "interface": "ib0", "problem": None},
+            "host2": {"address": "10.0.0.2", "interface": "ib0", "problem": None}}
+
+
+def test_deploy_runs_a_replica_over_hosts_as_a_head_and_headless_nodes():
+    """What deploy hands serve.yml for 70B over two 2 x A100 hosts (cuda130): host1's head serves the API,
+    host2 runs a headless node; the fleet has one replica clients reach."""
+    from fm9g_deploy.hostvars import Stack, serve_vars
+
+    stack = Stack(config(), load_profile("cuda130"), None, "s", None, "http://mirror")
+    plan = plan_fleet("2xA100-80GB", 2)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Stack, "revision", lambda self: "r")
+        patch.setattr(Stack, "image_tag", lambda self: "i")
+        values = serve_vars(stack, plan, "key", networks=NETWORKS)
+    head, node = values["fm9g_plan"]["host1"], values["fm9g_plan"]["host2"]
+    assert [spec["node"]["rank"] for spec in head + node] == [0, 1]
+    assert head[0]["gpus"] == node[0]["gpus"] == [0, 1]
+    assert head[0]["environment"]["VLLM_HOST_IP"] == "10.0.0.1" and node[0]["environment"]["NCCL_SOCKET_IFNAME"] == "ib0"
+    assert values["fm9g_headless_nodes"] == {"host2": [0]}
+    assert values["fm9g_rollout_fleet_replicas"] == 1
+
+
+@pytest.mark.parametrize(("networks", "message"), [
+    ({"host1": NETWORKS["host1"]}, "host host2: no address on the hosts' network for its node of the replica over "
+                                   "host1, host2 (its facts were not read); set fm9g_interconnect_address"),
+    ({**NETWORKS, "host2": {"address": None, "interface": None, "problem": "interface ib0 has no IPv4 address"}},
+     "host host2: no address on the hosts' network for its node of the replica over host1, host2 (interface ib0 "
+     "has no IPv4 address)"),
+    ({**NETWORKS, "host2": {"address": "10.0.0.2", "interface": "ib1"}},
+     "the hosts of the replica over host1, host2 reach each other on interfaces of different names (ib0, ib1)"),
+])
+def test_nodes_without_an_address_on_the_hosts_network_are_refused(networks, message):
+    from fm9g_deploy.replica_spec import deployment_specs
+
+    with pytest.raises(UserError) as refused:
+        deployment_specs(config(), load_profile("cuda130"), plan_fleet("2xA100-80GB", 2), networks)
+    assert message in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_a_replica_over_hosts_in_containers_is_refused():
+    from fm9g_deploy.replica_spec import deployment_specs
+
+    with pytest.raises(UserError, match="serves as systemd units only so far; set serving.serve_mode: systemd$"):
+        deployment_specs(config(serve_mode="container"), load_profile("cuda130"),
+                         plan_fleet("2xA100-80GB", 2, serve_mode="container"), NETWORKS)
 
 
 def test_hosts_that_all_differ_cannot_span():
