@@ -74,8 +74,17 @@ def replica_status(module, spec, key):
         name = spec["unit"]
         unit = unit_properties(module.run_command, name)
         uptime = uptime_seconds(unit)
-    models, problem = served_models(port, key, p["timeout"])
     supervised = read_json_object(spec["state_file"])
+    node = spec.get("node") or None
+    if node and int(node["rank"]) > 0:
+        # A headless node of a replica over hosts serves no API: it is ready when its head serves
+        # with it (its supervisor says so); its head's host answers the requests.
+        models, problem = [], None
+        if supervised.get("state") != "serving":
+            problem = "node rank %s of the replica headed by %s: %s" % (
+                node["rank"], node["head"], supervised.get("state", "no state yet"))
+    else:
+        models, problem = served_models(port, key, p["timeout"])
     probe = read_json_object(p["engine_probe_cache"].get(mode, "")).get("result") or {}
     engine_restarts = int(supervised.get("restarts") or 0)
     if supervised.get("state") == "failed":
@@ -99,7 +108,8 @@ def replica_status(module, spec, key):
         "main_pid": int(unit.get("MainPID") or 0),
         "uptime_s": uptime,
         "models": models,
-        "ready": bool(models),
+        "ready": bool(models) or (bool(node) and int(node["rank"]) > 0 and supervised.get("state") == "serving"),
+        "node": {"rank": int(node["rank"]), "hosts": node["hosts"]} if node else None,
         "problem": problem,
         "spec": spec,
     }
@@ -121,8 +131,11 @@ def main():
         module.fail_json(msg="metrics_interval %s: must be 0 (one read, no rates) or more seconds" % p["metrics_interval"])
     key = api_key(p["api_key_file"])
     specs = deployed_specs(p["config_dir"])
-    metrics = replica_metrics({int(spec["index"]): int(spec["port"]) for spec in specs},
+    headless = [spec for spec in specs if spec.get("node") and int(spec["node"]["rank"]) > 0]
+    metrics = replica_metrics({int(spec["index"]): int(spec["port"]) for spec in specs if spec not in headless},
                               p["metrics_interval"], p["timeout"])
+    metrics.update({int(spec["index"]): {"metrics": {}, "metrics_problem": "a headless node: its head serves the metrics"}
+                    for spec in headless})
     replicas = [dict(replica_status(module, spec, key), **metrics[int(spec["index"])]) for spec in specs]
     module.exit_json(changed=False, replicas=replicas)
 

@@ -16,7 +16,7 @@ import pytest
 
 from fm9g_deploy.layout import replica_unit as unit_of_replica
 from fm9g_deploy.verify_suite.facts import FACTS_ENV, GATEWAY_UNIT, FactsError, read_facts
-from fm9g_deploy.verify_suite.support import fail, journal, last_line, one_line, redact, share_ssh_connection
+from fm9g_deploy.verify_suite.support import fail, headless, journal, last_line, one_line, redact, share_ssh_connection
 
 #: Unit aliases the journal marker takes.
 REPLICAS = "replicas"
@@ -118,6 +118,10 @@ def gateway(facts, host_facts):
     """An HTTP client for the host's gateway, with the deployment's key."""
     import httpx
 
+    if host_facts.replicas and all(headless(replica) for replica in host_facts.replicas):
+        node = host_facts.replicas[0]["node"]
+        pytest.skip(f"runs node rank {node['rank']} of the replica over {', '.join(node['hosts'])}: the API is "
+                    f"its head's, checked through {node['head']}'s gateway")
     headers = {"Authorization": f"Bearer {facts.api_key}"}
     timeout = httpx.Timeout(180, connect=10)
     with httpx.Client(base_url=host_facts.gateway_url, headers=headers, timeout=timeout) as client:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import json
 import os
 import re
 import time
 from dataclasses import dataclass
 
 import pytest
+
+from fm9g_deploy.layout import VLLM_WORKER
 
 #: How much of a unit's journal a failed check attaches.
 JOURNAL_LINES = 25
@@ -236,6 +239,22 @@ def runs_api_server(command: str, port: int | None = None) -> bool:
     return port is None or re.search(rf"(?:^|\s)--port(?:=|\s+){port}(?:\s|$)", " ".join(words[at:])) is not None
 
 
+def node_status(host, url: str) -> tuple[dict | None, str]:
+    """A node supervisor's /status (JSON), read on ``host`` (the nodes' network may be reachable from
+    the hosts only), or (None, why not)."""
+    script = ("import json,sys,urllib.request as u;"
+              "o=u.build_opener(u.ProxyHandler({}));"
+              "print(o.open(sys.argv[1],timeout=5).read().decode())")
+    result = host.run("python3 -c %s %s", script, url)
+    if result.rc != 0:
+        return None, last_line(result.stderr) or f"exit {result.rc}"
+    try:
+        data = json.loads(result.stdout)
+    except ValueError:
+        return None, "not JSON"
+    return (data, "") if isinstance(data, dict) else (None, "not a status object")
+
+
 def main_process(table: dict[int, tuple[int | None, str]], pids) -> int:
     """Of the processes ``pids`` (all holding the replica's socket, or all running its API server), the
     API server itself: not a child of another of them (an engine process vLLM forked inherits the
@@ -246,9 +265,22 @@ def main_process(table: dict[int, tuple[int | None, str]], pids) -> int:
     return min(servers or roots or pids)
 
 
+def headless(replica: dict) -> bool:
+    """Whether the replica's spec is a headless node of a replica over hosts (no API server)."""
+    return bool(replica.get("node")) and int(replica["node"]["rank"]) > 0
+
+
 def replica_process(host, replica) -> int:
-    """The pid of the process that listens on the replica's port (``ss``; /proc where ss names no owner)."""
+    """The pid of the process that listens on the replica's port (``ss``; /proc where ss names no owner);
+    a headless node's: the node launcher the supervisor runs (it listens on no fixed port)."""
     port, index = replica["port"], replica["index"]
+    if headless(replica):
+        table = processes(host)
+        rank = replica["node"]["rank"]
+        workers = [pid for pid, (_, command) in table.items()
+                   if command.split()[1:2] == [VLLM_WORKER] and f"--node-rank {rank}" in command]
+        expect(workers, f"no {VLLM_WORKER} --node-rank {rank} runs: is node rank {rank} of replica {index} running?")
+        return main_process(table, workers)
     # A host without iproute2 (a bare GPU box): the API server's command line names its port.
     sockets = [s for s in listening_tcp(host) if s.port == port] if host.exists("ss") else None
     expect(sockets is None or sockets, f"no process listens on port {port}: is replica {index} running?")

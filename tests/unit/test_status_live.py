@@ -230,6 +230,27 @@ def test_the_module_reports_each_replicas_metrics_and_deployed_spec(tmp_path, me
     assert 0 < replica["metrics"]["generation_tokens_per_s"] <= 10 / 0.05
 
 
+@pytest.mark.parametrize("state", ["serving", "waiting"])
+def test_a_headless_node_is_ready_when_its_head_serves_with_it(tmp_path, monkeypatch, capsys, state):
+    """A headless node of a replica over hosts has no API: no request, no metrics; its supervisor's state says."""
+    node = {"rank": 1, "hosts": ["host1", "host2"], "head": "host1"}
+    spec = {"index": 0, "port": _closed_port(), "serve_mode": "container", "container": "fm9g-replica-0", "unit": "",
+            "tensor_parallel_size": 2, "gpus": [], "max_model_len": 256, "state_file": str(tmp_path / "state.json"),
+            "node": node}
+    (tmp_path / "replica-0.json").write_text(json.dumps(spec))
+    (tmp_path / "state.json").write_text(json.dumps({"state": state, "restarts": 1, "last_cause": "the head restarted"}))
+    result = _run_status_module({"config_dir": str(tmp_path), "api_key_file": str(tmp_path / "no-key"),
+                                 "engine_probe_cache": {}, "container_cli": shutil.which("false"),
+                                 "metrics_interval": 30}, monkeypatch, capsys)
+    [replica] = result["replicas"]
+    assert replica["node"] == {"rank": 1, "hosts": ["host1", "host2"]} and replica["models"] == []
+    assert replica["ready"] is (state == "serving") and replica["engine_state"] == state
+    assert replica["problem"] == (None if state == "serving" else "node rank 1 of the replica headed by host1: waiting")
+    assert replica["metrics"] == {} and "headless" in replica["metrics_problem"]
+    row = table_rows({"host2": {"replicas": [dict(replica, release="", config_hash=None, drift=[])]}})[0]
+    assert row[1] == "0 node 1"
+
+
 def test_the_module_refuses_a_negative_interval(tmp_path, monkeypatch, capsys):
     result = _run_status_module({"config_dir": str(tmp_path), "api_key_file": str(tmp_path / "no-key"),
                                  "engine_probe_cache": {}, "metrics_interval": -1}, monkeypatch, capsys)
@@ -334,7 +355,8 @@ def test_the_desired_state_is_planned_as_deploy_plans_it(monkeypatch, tmp_path):
     config = parse_config("model: {name: tiny-random}\nprofile: cpu\nmirror: {url: 'http://127.0.0.1:9'}\n")
     stack = SimpleNamespace(profile=load_profile("cpu"), model_pin=lambda: {"sha256": RELEASE})
     monkeypatch.setattr(hostvars, "load_stack", lambda _config: stack)
-    monkeypatch.setattr(facts, "gather_gpu_facts", lambda inventory, limit=None: {"host1": NO_GPU})
+    monkeypatch.setattr(facts, "read_hosts", lambda inventory, limit=None, serve_mode="systemd":
+                        facts.HostFacts(gpus={"host1": NO_GPU}))
     desired = fleet_status.desired_state(config, tmp_path / "inventory.yml")
     assert desired.problem is None and desired.release == RELEASE
     # What deploy hands the role, which writes it to the host as replica-N.json.
@@ -360,11 +382,11 @@ def test_a_desired_state_that_cannot_be_planned_is_a_problem_not_an_error(monkey
     desired = fleet_status.desired_state(config, tmp_path / "inventory.yml")
     assert desired.problem.startswith("the tiny-random tarball") and "\n" not in desired.problem
 
-    def unreachable(inventory, limit=None):
+    def unreachable(inventory, limit=None, serve_mode="systemd"):
         raise OperationFailed("reading GPU facts failed: host1: unreachable")
 
     monkeypatch.setattr(hostvars, "load_stack", lambda _config: SimpleNamespace(profile=None))
-    monkeypatch.setattr(facts, "gather_gpu_facts", unreachable)
+    monkeypatch.setattr(facts, "read_hosts", unreachable)
     assert fleet_status.desired_state(config, tmp_path / "inventory.yml").problem.startswith("reading GPU facts")
 
 
