@@ -188,6 +188,20 @@ def test_a_killed_node_engine_restarts_the_heads_and_both_come_back(replica_over
     assert len(node.state()["crashes"]) == 1  # its own crash, counted once
 
 
+def test_a_head_engine_that_dies_with_its_node_names_the_node_in_its_cause(replica_over_two_hosts):
+    """vLLM's head engine dies by itself when a node's engine is lost (before any /status poll):
+    the head's cause names the node that went with it (double: both engines killed at once)."""
+    head, node, both = replica_over_two_hosts
+    first = head.state()["generation"]
+    kill_group(node.state()["pid"])
+    kill_group(head.state()["pid"])
+    wait_for(lambda: head.state().get("generation") not in (None, first) and head.state().get("state") == "serving"
+             and node.state().get("state") == "serving", "both back", both)
+    cause = head.state()["last_cause"]
+    assert cause.startswith("node rank 1 (127.0.0.1:") and "restarted" in cause, cause
+    assert "; the head's engine " in cause and len(head.state()["crashes"]) == 1, head.state()
+
+
 def test_a_killed_head_engine_restarts_the_nodes_without_counting_it_a_crash_there(replica_over_two_hosts):
     head, node, both = replica_over_two_hosts
     first = head.state()["generation"]

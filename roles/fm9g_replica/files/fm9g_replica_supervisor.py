@@ -417,11 +417,28 @@ class Supervisor:
             self.generation = None
             return None
         returncode = child.finish()
+        # The head's engine ended by itself: say which node went with it (vLLM's engine dies with a lost
+        # node before the next /status poll would tell). Still the head's crash: a node that keeps
+        # failing makes the replica crash-loop, and the head gives up as for any engine.
+        behind = self.node_behind_exit() if self.view and watchdog_cause is None else None
         self.generation = None
         self.state.write(pid=None, started_at=None, serving_since=None, generation=None)
         exit_desc = describe_exit(returncode, asked_to_stop=watchdog_cause is not None)
         cause = watchdog_cause or crash_cause(exit_desc, list(child.tail))
+        if behind:
+            cause = ("%s; the head's engine %s" % (behind, cause))[:CAUSE_MAX]
         return cause, exit_desc
+
+    def node_behind_exit(self, tries=3):
+        """The head's engine ended by itself: which node it ran with restarted or went, else None. A
+        node's supervisor may take a moment to notice its engine is gone, so ask a few times."""
+        for attempt in range(tries):
+            cause = self.view.check(self.generation, True)
+            if cause:
+                return cause
+            if attempt + 1 < tries and self.stop.wait(1.0):
+                return None
+        return None
 
     def watch(self, child):
         """Wait for the child to end or a stop; return the watchdog's cause if it killed the child."""
