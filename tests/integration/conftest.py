@@ -17,7 +17,7 @@ TEST_SANDBOX = os.environ.get("FM9G_TEST_SANDBOX", "fm9g-test")
 
 #: Modules that redeploy the shared sandbox into another shape (another topology, another key):
 #: they run after every other test, in this order.
-RESHAPING_MODULES = ("test_fleet_gateway.py", "test_monitoring.py", "test_secrets.py")
+RESHAPING_MODULES = ("test_fleet_gateway.py", "test_monitoring.py", "test_multi_host.py", "test_secrets.py")
 
 
 def pytest_collection_modifyitems(items):

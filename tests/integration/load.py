@@ -62,3 +62,5 @@ class SteadyLoad:
                         self.report.failures.append(problem)
                     else:
                         self.report.ok += 1
+                if problem:  # a service that is down answers at once: count its outage, not a flood
+                    self._stop.wait(0.5)
