@@ -20,6 +20,11 @@ gateway takes a replica that fails /health out of rotation until it serves again
 process is gone while deploy waits for it stops the rollout within seconds, with its journal.
 On CPU profiles the engine is first run once in the planned dtype; if it faults, float32 is used.
 
+A replica the plan spreads over several hosts (a model no host holds; serving.hosts_per_replica on
+CPU hosts) runs as a head (the API) and headless nodes that join its engine over the hosts'
+network (inventory: fm9g_interconnect_address / fm9g_interconnect_interface, else the default
+route's); the head rolls with its nodes. Not on Ray (profile cuda121) nor in container mode yet.
+
 With monitoring.enabled (on in the sandbox), every host also gets a metrics door (nginx on
 monitoring.scrape_port, open to the monitoring host only) in front of its replicas' /metrics, its
 node exporter, nginx exporter and gateway-log metrics (mtail), and the monitoring host (the
