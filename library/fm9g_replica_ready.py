@@ -49,10 +49,16 @@ options:
     description: The Docker CLI (container mode).
     type: str
     default: docker
+  node_grace:
+    description: Seconds a node's supervisor may not answer before the head's wait fails.
+    type: int
+    default: 60
 author: fm9g-deploy
 """
 
+import json
 import time
+import urllib.request
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.fm9g_replicas import (
@@ -106,6 +112,53 @@ def engine_problem(state, crashes_at_start):
     return None
 
 
+def node_status(url, timeout=5):
+    """(a node supervisor's /status, None) or (None, why not); never through a proxy."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=timeout) as response:
+            data = json.loads(response.read().decode("utf-8"))
+    except Exception as exc:  # refused, timed out, not JSON: the node cannot be read
+        return None, str(getattr(exc, "reason", None) or exc) or type(exc).__name__
+    return (data, None) if isinstance(data, dict) else (None, "not a status object")
+
+
+class NodeWatch:
+    """The head's wait: the other nodes of its replica over hosts, as their supervisors say."""
+
+    def __init__(self, node, grace, fetch=node_status, clock=time.monotonic):
+        self.hosts = node["hosts"]
+        self.urls = node["status_urls"][1:]
+        self.grace, self.fetch, self.clock = grace, fetch, clock
+        self.silent_since = {}
+        self.last = {}
+
+    def problem(self):
+        """Why the replica cannot form (a node gave up, or is silent past the grace), else None."""
+        now = self.clock()
+        for rank, url in enumerate(self.urls, start=1):
+            status, why = self.fetch(url)
+            self.last[rank] = status or {"state": "unreachable (%s)" % why}
+            if status is None:
+                since = self.silent_since.setdefault(rank, now)
+                if now - since >= self.grace:
+                    return "node rank %d (%s) did not join: its supervisor does not answer %s for %ds: %s" % (
+                        rank, self.hosts[rank], url, now - since, why)
+                continue
+            self.silent_since.pop(rank, None)
+            if status.get("state") == "failed":
+                return "node rank %d (%s) did not join: it gave up: %s" % (
+                    rank, self.hosts[rank], status.get("last_cause") or "crash loop")
+        return None
+
+    def not_joined(self, generation):
+        """The nodes not in the head's engine ``generation``, with their state, as one clause."""
+        waiting = ["%s (node rank %d) %s" % (self.hosts[rank], rank, status.get("state"))
+                   for rank, status in sorted(self.last.items())
+                   if not generation or status.get("joined") != generation]
+        return ("; not joined: " + ", ".join(waiting)) if waiting else ""
+
+
 def main():
     module = AnsibleModule(
         argument_spec={
@@ -117,6 +170,7 @@ def main():
             "log_lines": {"type": "int", "default": 20},
             "container": {"type": "str", "default": ""},
             "docker": {"type": "str", "default": "docker"},
+            "node_grace": {"type": "int", "default": 60},
         },
         supports_check_mode=True,
     )
@@ -130,6 +184,8 @@ def main():
     _, restarts_at_start = process_state(module, unit)
     crashes_at_start = len(read_json_object(spec["state_file"]).get("crashes") or [])
     problem, gone = "no answer yet", False
+    node = spec.get("node") or {}
+    nodes = NodeWatch(node, params["node_grace"]) if node and int(node["rank"]) == 0 else None
     while time.monotonic() - started < params["timeout"]:
         state, restarts = process_state(module, unit)
         supervised = read_json_object(spec["state_file"])
@@ -139,6 +195,8 @@ def main():
         elif restarts - restarts_at_start >= params["max_restarts"]:
             gone_because = "its process was restarted %d times" % (restarts - restarts_at_start)
         gone_because = engine_problem(supervised, crashes_at_start) or gone_because
+        if nodes and not gone_because:
+            gone_because = nodes.problem()
         if gone_because:
             if supervised.get("last_cause") and supervised["last_cause"] not in gone_because:
                 gone_because += "; last cause: %s" % supervised["last_cause"]
@@ -152,6 +210,8 @@ def main():
         elif models:
             problem = "serves %s, not %s" % (", ".join(models), served)
         time.sleep(POLL_S)
+    if nodes and not gone:
+        problem += nodes.not_joined(read_json_object(spec["state_file"]).get("generation"))
     where = "%sreplica %d (port %d)" % (params["host"] + " " if params["host"] else "", index, port)
     waited = round(time.monotonic() - started)
     message = ("%s is down after %ds: %s" % (where, waited, problem) if gone
