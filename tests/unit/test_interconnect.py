@@ -47,3 +47,18 @@ def test_the_module_reads_this_machines_own_interfaces(monkeypatch, capsys):
     code, result = run_library_module("fm9g_interconnect_facts", {"interface": "lo"}, monkeypatch, capsys)
     assert code == 0 and result["changed"] is False
     assert result["ansible_facts"]["fm9g_interconnect"] == {"address": "127.0.0.1", "interface": "lo", "problem": None}
+
+
+def test_an_ip_without_json_is_a_problem_not_a_failure(monkeypatch, capsys, tmp_path):
+    """Only a replica over hosts needs the address: an old iproute2 must not fail every plan (double: an `ip`
+    that prints text, as iproute2 before 4.13 did for -json)."""
+    fake = tmp_path / "ip"
+    fake.write_text("#!/bin/sh\necho '1: lo: <LOOPBACK,UP> mtu 65536'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    monkeypatch.setattr("ansible.module_utils.basic.AnsibleModule.get_bin_path",
+                        lambda self, name, required=False, opt_dirs=None: str(fake))
+    code, result = run_library_module("fm9g_interconnect_facts", {}, monkeypatch, capsys)
+    facts = result["ansible_facts"]["fm9g_interconnect"]
+    assert code == 0 and not result.get("failed")
+    assert facts["address"] is None and facts["problem"].startswith("`-json -4 addr show` failed: no JSON")
