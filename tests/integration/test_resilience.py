@@ -45,14 +45,22 @@ def kill_after(inventory, name: str, pid: int, seconds: float) -> None:
                                                          detach=True)
 
 
-def start_long_streams(url: str, count: int, into: list[str], max_tokens: int = 200) -> list[threading.Thread]:
-    """``count`` streamed completions of ``max_tokens`` through ``url``; each one's SSE text lands in ``into``."""
+def start_long_streams(url: str, count: int, into: list[str], max_tokens: int = 200,
+                       flowing: threading.Semaphore | None = None) -> list[threading.Thread]:
+    """``count`` streamed completions of ``max_tokens`` through ``url``; each one's SSE text lands in ``into``;
+    ``flowing`` is released once per stream at its first event (the stream is under way)."""
     def one():
         body = {"model": "9g", "prompt": "Tell me a story", "max_tokens": max_tokens, "stream": True,
                 "ignore_eos": True}
         try:
             with httpx.stream("POST", f"{url}/v1/completions", json=body, headers=HEADERS, timeout=120) as response:
-                into.append("\n".join(line for line in response.iter_lines() if line))
+                lines = []
+                for line in response.iter_lines():
+                    if line and not lines and flowing is not None:
+                        flowing.release()
+                    if line:
+                        lines.append(line)
+                into.append("\n".join(lines))
         except httpx.HTTPError as exc:
             into.append(f"{type(exc).__name__}: {exc}")
 
@@ -97,9 +105,14 @@ def test_engine_killed_under_load_comes_back_and_the_gateway_loses_no_request(de
     before = replica_pids(host, 0)
     assert before["engine"], f"no EngineCore process found for replica 0: {before}"
     streams: list[str] = []
+    flowing = threading.Semaphore(0)
     with SteadyLoad(gateways["host1"], KEY, workers=3, max_seconds=240) as load:
-        kill_after(inventory, "host1", before["engine"], 4)  # while the streams below are under way
-        threads = start_long_streams(gateways["host1"], 4, streams, max_tokens=1000)
+        threads = start_long_streams(gateways["host1"], 4, streams, max_tokens=1000, flowing=flowing)
+        # Killed once every stream is under way (on a fast CPU 1000 tokens take only seconds, so a
+        # kill on a timer could find them done), the gateway spreading them over both replicas.
+        for _ in threads:
+            assert flowing.acquire(timeout=60), "a stream never started"
+        kill_after(inventory, "host1", before["engine"], 0)
         time.sleep(4)
         assert wait_until(lambda: replica_pids(host, 0)["engine"] != before["engine"], 20, every=1)
         for thread in threads:
