@@ -174,14 +174,14 @@ def serve_vars(stack: Stack, plan, api_key: str, accept_downtime: bool = False,
     specs = deployment_specs(config, profile, plan, networks)
     image = config.serving.container_image or stack.image_tag()
     every_spec = [spec for host_specs in specs.values() for spec in host_specs]
+    headless = {host: [spec.index for spec in host_specs if not serves_api(spec.to_dict())]
+                for host, host_specs in specs.items()}
     probe_key = hashlib.sha256(json.dumps([stack.revision(), settings, image]).encode()).hexdigest()
     return {
         "fm9g_plan": {host: [spec.to_dict() for spec in host_specs] for host, host_specs in specs.items()},
         # host -> the indexes of its headless nodes (replicas over hosts): no API, no gateway backend;
         # the rollout starts them before the heads they join.
-        "fm9g_headless_nodes": {host: [spec.index for spec in host_specs if not serves_api(spec.to_dict())]
-                                for host, host_specs in specs.items()
-                                if any(not serves_api(spec.to_dict()) for spec in host_specs)},
+        "fm9g_headless_nodes": {host: indexes for host, indexes in headless.items() if indexes},
         "fm9g_replica_mode": config.serving.serve_mode,
         "fm9g_replica_api_key": api_key,
         "fm9g_replica_revision": stack.revision(),
@@ -190,7 +190,7 @@ def serve_vars(stack: Stack, plan, api_key: str, accept_downtime: bool = False,
         "fm9g_replica_container_image": image,
         "fm9g_replica_container_uid": SERVE_UID,
         # Replicas clients reach: a replica over hosts counts once, at its head.
-        "fm9g_rollout_fleet_replicas": sum(serves_api(spec.to_dict()) for spec in every_spec),
+        "fm9g_rollout_fleet_replicas": len(every_spec) - sum(len(indexes) for indexes in headless.values()),
         "fm9g_rollout_accept_downtime": accept_downtime,
         "fm9g_rollout_drain_timeout_s": config.serving.drain_timeout_s,
         "fm9g_gateway_port": config.serving.port,

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from fm9g_deploy.layout import replica_unit as unit_of_replica
+from fm9g_deploy.replica_spec import serves_api
 from fm9g_deploy.verify_suite.facts import FACTS_ENV, GATEWAY_UNIT, FactsError, read_facts
-from fm9g_deploy.verify_suite.support import fail, headless, journal, last_line, one_line, redact, share_ssh_connection
+from fm9g_deploy.verify_suite.support import fail, journal, last_line, one_line, redact, share_ssh_connection
 
 #: Unit aliases the journal marker takes.
 REPLICAS = "replicas"
@@ -118,7 +119,7 @@ def gateway(facts, host_facts):
     """An HTTP client for the host's gateway, with the deployment's key."""
     import httpx
 
-    if host_facts.replicas and all(headless(replica) for replica in host_facts.replicas):
+    if host_facts.replicas and not any(serves_api(replica) for replica in host_facts.replicas):
         node = host_facts.replicas[0]["node"]
         pytest.skip(f"runs node rank {node['rank']} of the replica over {', '.join(node['hosts'])}: the API is "
                     f"its head's, checked through {node['head']}'s gateway")

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import pytest
 
 from fm9g_deploy.layout import VLLM_WORKER
+from fm9g_deploy.replica_spec import serves_api
 
 #: How much of a unit's journal a failed check attaches.
 JOURNAL_LINES = 25
@@ -265,16 +266,11 @@ def main_process(table: dict[int, tuple[int | None, str]], pids) -> int:
     return min(servers or roots or pids)
 
 
-def headless(replica: dict) -> bool:
-    """Whether the replica's spec is a headless node of a replica over hosts (no API server)."""
-    return bool(replica.get("node")) and int(replica["node"]["rank"]) > 0
-
-
 def replica_process(host, replica) -> int:
     """The pid of the process that listens on the replica's port (``ss``; /proc where ss names no owner);
     a headless node's: the node launcher the supervisor runs (it listens on no fixed port)."""
     port, index = replica["port"], replica["index"]
-    if headless(replica):
+    if not serves_api(replica):  # a headless node of a replica over hosts
         table = processes(host)
         rank = replica["node"]["rank"]
         workers = [pid for pid, (_, command) in table.items()

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
+from fm9g_deploy.replica_spec import serves_api
 from fm9g_deploy.verify_suite.support import (
     describe_state,
     expect,
-    headless,
     last_line,
     listening_tcp,
     unit_pids,
@@ -48,7 +48,7 @@ def test_exporters_listen_on_loopback_only(host, hostname):
 
 def test_the_metrics_door_serves_the_replica(host, facts, replica):
     """its metrics through the door"""
-    if headless(replica):
+    if not serves_api(replica):
         pytest.skip("a headless node of a replica over hosts: its head's door serves the replica's metrics")
     port, index = facts.monitoring_scrape_port, replica["index"]
     result = host.run("curl -sS -m 10 -o /dev/null -w '%%{http_code}' http://127.0.0.1:%s/metrics/replica/%s",

@@ -9,13 +9,12 @@ import re
 
 import pytest
 
-from fm9g_deploy.replica_spec import ReplicaSpec
+from fm9g_deploy.replica_spec import ReplicaSpec, serves_api
 from fm9g_deploy.verify_suite.support import (
     as_root,
     describe_state,
     expect,
     fail,
-    headless,
     last_line,
     listening_tcp,
     processes,
@@ -77,7 +76,7 @@ def test_replica_listens_on_loopback_only(host, replica, replica_unit):
     port = replica["port"]
     sockets = listening_tcp(host)
     on_port = [s for s in sockets if s.port == port]
-    expect(on_port or headless(replica), f"nothing listens on port {port} (replica {replica['index']})")
+    expect(on_port or not serves_api(replica), f"nothing listens on port {port} (replica {replica['index']})")
     pids = unit_pids(host, replica_unit)
     # The replica's own sockets: its API port and vLLM's internal ones (found by cgroup or pid,
     # whichever the host's ss reports).
